@@ -1,0 +1,546 @@
+//! Configuration checks and the push daemon's life in the Apache parent.
+//!
+//! - `check_config` (every process, also `-t` and `-k`): converts each enabled server's
+//!   directives into an [`EngineConfig`]; an error logs one `[emerg]` line naming the server
+//!   and refuses startup.
+//! - `post_config` (the parent; skipped in the first startup pass): dedupes the engine
+//!   configurations, then keeps the running daemon if its fingerprint is unchanged (graceful
+//!   restarts keep every WebSocket) or replaces it; registers an other-child watcher and a
+//!   stop-on-exit cleanup on pconf. Both are re-registered in every pass because the DSO is
+//!   unloaded with pconf.
+//! - the watcher respawns a daemon that died unless Apache is stopping; `monitor` retries a
+//!   daemon that keeps crashing, at most every ~10 s.
+//!
+//! State that must survive restarts (pid, fingerprint, respawn bookkeeping) lives in
+//! `ap_retained_data`, plain C-layout memory with no pointers into the DSO.
+
+use super::log::{log_at, Severity};
+use super::process::{self, SpawnSpec};
+use super::{ffi, pool, server_config};
+use crate::config::{ServerConfig, DEFAULT_SOCKET, MAX_SOCKET_PATH};
+use crate::handoff;
+use nextcloud_push_engine::EngineConfig;
+use sha1::{Digest, Sha1};
+use std::ffi::{c_int, c_void, CStr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const OK: c_int = ffi::OK as c_int;
+const FAILED: c_int = ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
+/// Grace for a daemon to send close frames and exit before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A daemon that dies within this many seconds of its start counts as a fast failure.
+const FAST_FAILURE_SECS: i64 = 10;
+/// After this many fast failures in a row, respawns wait for the monitor hook (~10 s).
+const MAX_FAST_FAILURES: u32 = 3;
+
+const RETAINED_KEY: &CStr = c"mod_nextcloud_push:retained:v2";
+const PLAN_KEY: &CStr = c"mod_nextcloud_push:plan";
+const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0002; // "NCPUSH" v2
+
+/// Process-lifetime state in `ap_retained_data` (zeroed on creation). Layout is frozen for the
+/// key above: change the key when changing it.
+#[repr(C)]
+struct Retained {
+    magic: u64,
+    /// The running daemon, 0 = none.
+    pid: i32,
+    /// Startup failed: no respawn until the next restart.
+    no_respawn: u32,
+    /// `apr_time_t` of the last spawn.
+    spawned_at: i64,
+    fast_failures: u32,
+    /// A respawn is due (set when respawning is throttled; done by `monitor`).
+    respawn_pending: u32,
+    /// Real post_config passes so far.
+    generation: u64,
+    /// Hex SHA-1 of the daemon's configuration, NUL-padded.
+    fingerprint: [u8; 64],
+    /// The running daemon's socket path, NUL-padded (removed by the parent after a stop: the
+    /// daemon runs as `User` and usually cannot unlink in DefaultRuntimeDir).
+    socket: [u8; 112],
+}
+
+impl Retained {
+    fn socket_path(&self) -> Option<PathBuf> {
+        let n = self.socket.iter().position(|b| *b == 0).unwrap_or(self.socket.len());
+        std::str::from_utf8(&self.socket[..n]).ok().filter(|s| !s.is_empty()).map(PathBuf::from)
+    }
+
+    fn set_socket_path(&mut self, path: &std::path::Path) {
+        self.socket = [0; 112];
+        let bytes = path.as_os_str().as_encoded_bytes();
+        let n = bytes.len().min(self.socket.len() - 1);
+        self.socket[..n].copy_from_slice(&bytes[..n]);
+    }
+}
+
+/// Stops the running daemon (SIGTERM, ≤ 5 s, SIGKILL), reaps it and removes its socket.
+fn stop_running(ret: &mut Retained) {
+    if ret.pid != 0 {
+        let pid = ret.pid;
+        let how = process::stop(pid, STOP_GRACE);
+        ret.pid = 0;
+        log_at(
+            std::ptr::null(),
+            Severity::Debug,
+            &format!("NCP0008: push daemon pid {pid} ended: {how}"),
+        );
+    }
+    if let Some(path) = ret.socket_path() {
+        let _ = std::fs::remove_file(path);
+    }
+    ret.socket = [0; 112];
+}
+
+/// # Safety
+/// Parent only (retained data is process memory of the parent).
+unsafe fn retained<'a>() -> &'a mut Retained {
+    // SAFETY: ap_retained_data_create returns zeroed memory of the requested size that lives
+    // for the whole process; the parent is single-threaded, so no aliasing &mut exists.
+    unsafe {
+        let mut p = ffi::ap_retained_data_get(RETAINED_KEY.as_ptr()) as *mut Retained;
+        if p.is_null() {
+            p = ffi::ap_retained_data_create(RETAINED_KEY.as_ptr(), std::mem::size_of::<Retained>())
+                as *mut Retained;
+        }
+        let r = &mut *p;
+        if r.magic != RETAINED_MAGIC {
+            std::ptr::write_bytes(p, 0, 1);
+            r.magic = RETAINED_MAGIC;
+        }
+        r
+    }
+}
+
+/// What the parent needs to (re)spawn the daemon, owned by pconf (userdata `PLAN_KEY`).
+struct Plan {
+    pconf: *mut ffi::apr_pool_t,
+    server: *mut ffi::server_rec,
+    socket_path: PathBuf,
+    engines: Vec<EngineConfig>,
+    fingerprint: String,
+    level: ::log::LevelFilter,
+    /// The `apr_proc_t` the other-child registration points at (pconf memory).
+    proc_rec: *mut ffi::apr_proc_t,
+    registered: bool,
+}
+
+/// `check_config`.
+///
+/// # Safety
+/// Live `pconf` and main server `s`.
+pub unsafe fn check_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) -> c_int {
+    // SAFETY: per contract.
+    let Some(main) = (unsafe { server_config::get(s) }) else { return OK };
+    let socket = match resolve_socket(pconf, main) {
+        Ok(p) => p,
+        Err(msg) => {
+            log_at(s, Severity::Emerg, &format!("NCP0020: NextcloudPushSocket: {msg}"));
+            return FAILED;
+        }
+    };
+    let mut status = OK;
+    // SAFETY: the main server's chain of live servers.
+    for srv in unsafe { server_config::servers(s) } {
+        // SAFETY: live server of this configuration; one config borrowed at a time.
+        let Some(conf) = (unsafe { server_config::get(srv) }) else { continue };
+        conf.socket_path = Some(socket.clone());
+        conf.engine = None;
+        conf.engine_index = None;
+        conf.engine_fingerprint = None;
+        if !conf.is_enabled() {
+            continue;
+        }
+        match conf.load_engine_config() {
+            Ok(engine) => conf.engine = Some(engine),
+            Err(msg) => {
+                // SAFETY: live server.
+                let name = unsafe { server_config::describe(srv) };
+                log_at(
+                    srv,
+                    Severity::Emerg,
+                    &format!("NCP0021: push configuration of {name}: {msg}"),
+                );
+                status = FAILED;
+            }
+        }
+    }
+    status
+}
+
+fn resolve_socket(pconf: *mut ffi::apr_pool_t, main: &ServerConfig) -> Result<PathBuf, String> {
+    let arg = main.socket.as_deref().unwrap_or(DEFAULT_SOCKET);
+    // SAFETY: live pool; the result is NULL or a pool string.
+    let resolved = unsafe {
+        let p = ffi::ap_runtime_dir_relative(pconf, pool::pstr(pconf, arg));
+        pool::cstr(p).map(str::to_owned)
+    }
+    .ok_or_else(|| format!("invalid path \"{arg}\""))?;
+    if resolved.len() > MAX_SOCKET_PATH {
+        return Err(format!("{resolved} is longer than {MAX_SOCKET_PATH} bytes"));
+    }
+    Ok(PathBuf::from(resolved))
+}
+
+/// `post_config`.
+///
+/// # Safety
+/// Parent only; live `pconf` and main server `s`.
+pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) -> c_int {
+    // SAFETY: plain httpd queries.
+    let state = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) };
+    if state == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int {
+        // The startup dry run (before daemonizing): check_config already validated.
+        return OK;
+    }
+    // SAFETY: parent only.
+    let ret = unsafe { retained() };
+    ret.generation += 1;
+    ret.no_respawn = 0;
+    ret.respawn_pending = 0;
+    ret.fast_failures = 0;
+    if ret.generation == 1 {
+        log_at(
+            s,
+            Severity::Info,
+            &format!(
+                "NCP0001: mod_nextcloud_push {} (handoff protocol {}) loaded",
+                env!("CARGO_PKG_VERSION"),
+                handoff::PROTOCOL
+            ),
+        );
+    }
+
+    // One engine per distinct configuration; every enabled server remembers its index.
+    let mut engines: Vec<EngineConfig> = Vec::new();
+    let mut prints: Vec<String> = Vec::new();
+    let mut socket_path = None;
+    // SAFETY: the main server's chain of live servers.
+    for srv in unsafe { server_config::servers(s) } {
+        // SAFETY: live server; one config borrowed at a time.
+        let Some(conf) = (unsafe { server_config::get(srv) }) else { continue };
+        let Some(engine) = conf.engine.as_ref() else { continue };
+        let print = engine.fingerprint();
+        let index = match prints.iter().position(|p| *p == print) {
+            Some(i) => i,
+            None => {
+                prints.push(print.clone());
+                engines.push(engine.clone());
+                engines.len() - 1
+            }
+        };
+        conf.engine_index = Some(index as u32);
+        conf.engine_fingerprint = Some(print);
+        socket_path = conf.socket_path.clone();
+        let base = conf.base_path().to_owned();
+        // SAFETY: live server.
+        let name = unsafe { server_config::describe(srv) };
+        log_at(
+            srv,
+            Severity::Info,
+            &format!(
+                "NCP0004: push enabled for {name}: WebSocket at {base}/ws, engine {index}, daemon socket {}",
+                conf.socket_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        );
+    }
+
+    let (Some(socket_path), false) = (socket_path, engines.is_empty()) else {
+        if ret.pid != 0 {
+            log_at(
+                s,
+                Severity::Info,
+                "NCP0007: push is no longer enabled anywhere; stopping the push daemon",
+            );
+            stop_running(ret);
+        }
+        return OK;
+    };
+
+    // SAFETY: the live main server.
+    let level = unsafe { super::log::server_level(s) };
+    let fingerprint = fingerprint(&socket_path, &prints, level);
+    // SAFETY: live pconf; the plan lives (and is dropped) with it.
+    let plan = unsafe {
+        pool::alloc(
+            pconf,
+            Plan {
+                pconf,
+                server: s,
+                socket_path,
+                engines,
+                fingerprint,
+                level,
+                proc_rec: ffi::apr_palloc(pconf, std::mem::size_of::<ffi::apr_proc_t>())
+                    as *mut ffi::apr_proc_t,
+                registered: false,
+            },
+        )
+    };
+    // SAFETY: live pconf; the plan pointer stays valid while pconf lives.
+    unsafe { pool::userdata_set(pconf, PLAN_KEY, plan as *mut c_void) };
+    // SAFETY: just allocated, exclusively ours.
+    let plan = unsafe { &mut *plan };
+
+    if ret.pid != 0 && process::alive(ret.pid) {
+        if fingerprint_matches(ret, &plan.fingerprint) {
+            log_at(
+                s,
+                Severity::Debug,
+                &format!("NCP0005: keeping push daemon pid {} (configuration unchanged)", ret.pid),
+            );
+        } else {
+            log_at(
+                s,
+                Severity::Info,
+                &format!(
+                    "NCP0006: push configuration changed; replacing push daemon pid {}",
+                    ret.pid
+                ),
+            );
+            stop_running(ret);
+        }
+    } else {
+        ret.pid = 0;
+    }
+    if ret.pid == 0 {
+        start(plan, ret);
+    } else {
+        watch(plan, ret.pid);
+    }
+
+    // Stop the daemon when Apache exits (not on restarts: pconf is cleared then too).
+    // SAFETY: live pconf; the callback lives in this DSO, which is unloaded after it runs.
+    unsafe {
+        ffi::apr_pool_cleanup_register(
+            pconf,
+            std::ptr::null(),
+            Some(stop_on_exit),
+            Some(ffi::apr_pool_cleanup_null),
+        );
+    }
+    OK
+}
+
+fn fingerprint(socket: &std::path::Path, engines: &[String], level: ::log::LevelFilter) -> String {
+    let mut sha = Sha1::new();
+    sha.update(format!(
+        "protocol={};version={};build={};socket={};level={level};",
+        handoff::PROTOCOL,
+        env!("CARGO_PKG_VERSION"),
+        build_identity(),
+        socket.display()
+    ));
+    // SAFETY: plain reads of httpd's unixd configuration.
+    let (uid, gid) = unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) };
+    sha.update(format!("user={uid}:{gid};"));
+    for e in engines {
+        sha.update(e.as_bytes());
+        sha.update(b";");
+    }
+    sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Identifies the installed module file (device, inode, size, mtime), so installing a new
+/// build replaces the daemon at the next graceful restart even without a version bump.
+fn build_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: Dl_info is plain data; all-zero is valid.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr with the address of a function in this DSO and a valid out struct.
+    let found = unsafe { libc::dladdr(build_identity as *const c_void, &mut info) } != 0;
+    // SAFETY: dli_fname is NULL or a NUL-terminated path owned by the dynamic loader.
+    let path = if found { unsafe { pool::cstr(info.dli_fname) } } else { None };
+    match path.and_then(|p| std::fs::metadata(p).ok()) {
+        Some(m) => format!("{}:{}:{}:{}", m.dev(), m.ino(), m.size(), m.mtime()),
+        None => String::new(),
+    }
+}
+
+fn fingerprint_matches(ret: &Retained, fp: &str) -> bool {
+    let stored = ret
+        .fingerprint
+        .iter()
+        .position(|b| *b == 0)
+        .map_or(&ret.fingerprint[..], |n| &ret.fingerprint[..n]);
+    stored == fp.as_bytes()
+}
+
+fn store_fingerprint(ret: &mut Retained, fp: &str) {
+    ret.fingerprint = [0; 64];
+    let n = fp.len().min(63);
+    ret.fingerprint[..n].copy_from_slice(&fp.as_bytes()[..n]);
+}
+
+/// Forks a daemon for `plan` and watches it; on failure, no respawn until the next restart.
+fn start(plan: &mut Plan, ret: &mut Retained) {
+    let spec = SpawnSpec {
+        pconf: plan.pconf,
+        server: plan.server,
+        socket_path: &plan.socket_path,
+        engines: &plan.engines,
+        level: plan.level,
+    };
+    // SAFETY: parent only, single-threaded, live pconf/server (the plan lives in pconf).
+    match unsafe { process::spawn(&spec) } {
+        Ok(pid) => {
+            ret.pid = pid;
+            // SAFETY: plain APR call.
+            ret.spawned_at = unsafe { ffi::apr_time_now() };
+            store_fingerprint(ret, &plan.fingerprint);
+            ret.set_socket_path(&plan.socket_path);
+            log_at(
+                plan.server,
+                Severity::Info,
+                &format!(
+                    "NCP0009: push daemon started (pid {pid}, socket {})",
+                    plan.socket_path.display()
+                ),
+            );
+            watch(plan, pid);
+        }
+        Err(msg) => {
+            ret.pid = 0;
+            ret.no_respawn = 1;
+            log_at(
+                plan.server,
+                Severity::Crit,
+                &format!(
+                    "NCP0010: the push daemon failed to start: {msg}; WebSocket requests get 503 \
+                     until the next restart"
+                ),
+            );
+        }
+    }
+}
+
+/// Registers the other-child watcher for `pid` on pconf.
+fn watch(plan: &mut Plan, pid: libc::pid_t) {
+    // SAFETY: proc_rec is pconf memory sized for apr_proc_t; the registration lives in pconf
+    // and its cleanup unregisters it before pconf (and this DSO) go away.
+    unsafe {
+        if plan.registered {
+            ffi::apr_proc_other_child_unregister(plan as *mut Plan as *mut c_void);
+            plan.registered = false;
+        }
+        std::ptr::write_bytes(plan.proc_rec, 0, 1);
+        (*plan.proc_rec).pid = pid;
+        ffi::apr_proc_other_child_register(
+            plan.proc_rec,
+            Some(maintenance),
+            plan as *mut Plan as *mut c_void,
+            std::ptr::null_mut(),
+            plan.pconf,
+        );
+        plan.registered = true;
+    }
+}
+
+/// APR other-child callback, run by the MPM in the parent's main loop.
+unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int) {
+    super::guard("push daemon watcher", (), || {
+        // SAFETY: `data` is the pconf-owned Plan registered in `watch`; the parent is
+        // single-threaded.
+        let plan = unsafe { &mut *(data as *mut Plan) };
+        match reason as u32 {
+            ffi::APR_OC_REASON_DEATH | ffi::APR_OC_REASON_LOST => {
+                if reason as u32 == ffi::APR_OC_REASON_DEATH && status == -1 {
+                    // A refresh (stop/restart reclaim) found it still running.
+                    return;
+                }
+                // APR cleared its pointer to our proc record: unregister before anything else
+                // (a later alert would dereference it).
+                // SAFETY: registered with this exact data pointer.
+                unsafe { ffi::apr_proc_other_child_unregister(data) };
+                plan.registered = false;
+                // SAFETY: parent only.
+                let ret = unsafe { retained() };
+                let pid = ret.pid;
+                ret.pid = 0;
+                if stopping() {
+                    return;
+                }
+                let what = if reason as u32 == ffi::APR_OC_REASON_LOST {
+                    "was lost".to_owned()
+                } else {
+                    format!("exited (status {status})")
+                };
+                // SAFETY: plain APR call.
+                let now = unsafe { ffi::apr_time_now() };
+                if (now - ret.spawned_at) / 1_000_000 < FAST_FAILURE_SECS {
+                    ret.fast_failures += 1;
+                } else {
+                    ret.fast_failures = 0;
+                }
+                if ret.no_respawn != 0 {
+                    return;
+                }
+                if ret.fast_failures >= MAX_FAST_FAILURES {
+                    log_at(
+                        plan.server,
+                        Severity::Error,
+                        &format!(
+                            "NCP0011: push daemon (pid {pid}) {what}; it keeps dying, next attempt \
+                             in about 10 s"
+                        ),
+                    );
+                    ret.respawn_pending = 1;
+                    return;
+                }
+                log_at(
+                    plan.server,
+                    Severity::Error,
+                    &format!("NCP0011: push daemon (pid {pid}) {what}; restarting it"),
+                );
+                start(plan, ret);
+            }
+            // RESTART / RUNNING / UNWRITABLE / UNREGISTER: nothing to do (stopping is the
+            // pconf cleanup's job, and only when Apache exits).
+            _ => {}
+        }
+    });
+}
+
+fn stopping() -> bool {
+    let mut state: c_int = 0;
+    // SAFETY: ap_mpm_query with a valid out pointer.
+    let rv = unsafe { ffi::ap_mpm_query(ffi::AP_MPMQ_MPM_STATE as c_int, &mut state) };
+    // If the MPM cannot tell, assume stopping (as mod_cgid does).
+    rv != 0 || state == ffi::AP_MPMQ_STOPPING as c_int
+}
+
+/// `monitor`: the throttled respawn.
+///
+/// # Safety
+/// Parent only; `p` is pconf.
+pub unsafe fn monitor(p: *mut ffi::apr_pool_t) {
+    // SAFETY: parent only.
+    let ret = unsafe { retained() };
+    if ret.respawn_pending == 0 || ret.pid != 0 || ret.no_respawn != 0 || stopping() {
+        return;
+    }
+    // SAFETY: live pconf; the plan (if any) was stored by post_config in this pconf.
+    let plan = unsafe { pool::userdata_get(p, PLAN_KEY) } as *mut Plan;
+    if plan.is_null() {
+        return;
+    }
+    ret.respawn_pending = 0;
+    // SAFETY: pconf-owned plan, parent is single-threaded.
+    let plan = unsafe { &mut *plan };
+    log_at(plan.server, Severity::Notice, "NCP0012: starting the push daemon again");
+    start(plan, ret);
+}
+
+/// pconf cleanup: stop the daemon when Apache exits; restarts keep it.
+unsafe extern "C" fn stop_on_exit(_data: *mut c_void) -> ffi::apr_status_t {
+    super::guard("push daemon stop", (), || {
+        // SAFETY: plain httpd query.
+        let state = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) };
+        if state == ffi::AP_SQ_MS_EXITING as c_int {
+            // SAFETY: parent only (pconf cleanups of the parent).
+            stop_running(unsafe { retained() });
+        }
+    });
+    0
+}

@@ -1,0 +1,228 @@
+//! The `log` backend.
+//!
+//! In Apache processes (parent, `-t`, children) records go to `ap_log_error_` with our module
+//! index, so `LogLevel nextcloud_push:debug` works and lines look like every other module's.
+//! In the push daemon (a forked Apache parent that must not call into httpd's logging, whose
+//! state belongs to the parent) records are written to stderr, which is the main `ErrorLog`,
+//! in Apache's format: `[<time with usec>] [nextcloud_push:<level>] [pid N] <message>`,
+//! filtered by the module's effective LogLevel for the main server, captured in post_config.
+//!
+//! `log::set_logger` works once per loaded image; the DSO is reloaded on restarts, and when it
+//! is not really unloaded the logger simply stays installed, so [`init`] ignores the error.
+
+use super::ffi;
+use super::module;
+use std::ffi::{c_char, c_int, CString};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static LOGGER: Logger = Logger;
+/// True in the push daemon: write to stderr instead of calling httpd.
+static DAEMON: AtomicBool = AtomicBool::new(false);
+
+struct Logger;
+
+/// Installs the backend (idempotent). Apache processes let `ap_log_error_` filter by level.
+pub fn init() {
+    let _ = ::log::set_logger(&LOGGER);
+    if !DAEMON.load(Ordering::Relaxed) {
+        ::log::set_max_level(::log::LevelFilter::Trace);
+    }
+}
+
+/// Switches this process to daemon mode: stderr lines, filtered at `level`.
+pub fn enter_daemon_mode(level: ::log::LevelFilter) {
+    DAEMON.store(true, Ordering::Relaxed);
+    let _ = ::log::set_logger(&LOGGER);
+    ::log::set_max_level(level);
+}
+
+impl ::log::Log for Logger {
+    fn enabled(&self, metadata: &::log::Metadata<'_>) -> bool {
+        let max = ::log::max_level();
+        // Other crates (hyper, reqwest, redis, tungstenite) are chatty: below `trace1` only
+        // their warnings and errors get through.
+        let ours = metadata.target().starts_with("nextcloud_push")
+            || metadata.target().starts_with("mod_nextcloud_push");
+        let max = if ours || max == ::log::LevelFilter::Trace {
+            max
+        } else {
+            max.min(::log::LevelFilter::Warn)
+        };
+        metadata.level() <= max
+    }
+
+    fn log(&self, record: &::log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let msg = record.args().to_string();
+        if DAEMON.load(Ordering::Relaxed) {
+            daemon_line(level_name(record.level()), &msg);
+        } else {
+            let level = match record.level() {
+                ::log::Level::Error => ffi::APLOG_ERR,
+                ::log::Level::Warn => ffi::APLOG_WARNING,
+                ::log::Level::Info => ffi::APLOG_INFO,
+                ::log::Level::Debug => ffi::APLOG_DEBUG,
+                ::log::Level::Trace => ffi::APLOG_TRACE1,
+            };
+            // SAFETY: reading a pointer-sized global that httpd sets while single-threaded
+            // (ap_read_config) and never frees while modules run.
+            let server = unsafe { ffi::ap_server_conf };
+            log_server(server, level as c_int, record.file(), record.line(), &msg);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn level_name(level: ::log::Level) -> &'static str {
+    match level {
+        ::log::Level::Error => "error",
+        ::log::Level::Warn => "warn",
+        ::log::Level::Info => "info",
+        ::log::Level::Debug => "debug",
+        ::log::Level::Trace => "trace1",
+    }
+}
+
+/// Apache severities the `log` crate has no name for.
+#[derive(Clone, Copy, Debug)]
+pub enum Severity {
+    Emerg,
+    Crit,
+    Error,
+    Warn,
+    Notice,
+    Info,
+    Debug,
+}
+
+impl Severity {
+    fn aplog(self) -> c_int {
+        (match self {
+            Severity::Emerg => ffi::APLOG_EMERG,
+            Severity::Crit => ffi::APLOG_CRIT,
+            Severity::Error => ffi::APLOG_ERR,
+            Severity::Warn => ffi::APLOG_WARNING,
+            Severity::Notice => ffi::APLOG_NOTICE,
+            Severity::Info => ffi::APLOG_INFO,
+            Severity::Debug => ffi::APLOG_DEBUG,
+        }) as c_int
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Severity::Emerg => "emerg",
+            Severity::Crit => "crit",
+            Severity::Error => "error",
+            Severity::Warn => "warn",
+            Severity::Notice => "notice",
+            Severity::Info => "info",
+            Severity::Debug => "debug",
+        }
+    }
+}
+
+/// Logs one line for a server (NULL: the main server) at an Apache severity. In the daemon the
+/// line goes to stderr unless the daemon's level filters it.
+#[track_caller]
+pub fn log_at(server: *const ffi::server_rec, sev: Severity, msg: &str) {
+    if DAEMON.load(Ordering::Relaxed) {
+        let as_log = match sev {
+            Severity::Emerg | Severity::Crit | Severity::Error => ::log::Level::Error,
+            Severity::Warn | Severity::Notice => ::log::Level::Warn,
+            Severity::Info => ::log::Level::Info,
+            Severity::Debug => ::log::Level::Debug,
+        };
+        if as_log <= ::log::max_level() {
+            daemon_line(sev.name(), msg);
+        }
+        return;
+    }
+    let server = if server.is_null() {
+        // SAFETY: see `Logger::log`.
+        unsafe { ffi::ap_server_conf as *const ffi::server_rec }
+    } else {
+        server
+    };
+    let caller = std::panic::Location::caller();
+    log_server(server, sev.aplog(), Some(caller.file()), Some(caller.line()), msg);
+}
+
+fn log_server(
+    server: *const ffi::server_rec,
+    level: c_int,
+    file: Option<&str>,
+    line: Option<u32>,
+    msg: &str,
+) {
+    // A NUL inside the message would cut it short; make it visible instead.
+    let text = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    let file = CString::new(file.unwrap_or("mod_nextcloud_push")).unwrap_or_default();
+    // SAFETY: constant "%s" format with one NUL-terminated argument, so user data is never a
+    // format string; `server` is NULL or a live server_rec (ap_log_error_ accepts both).
+    unsafe {
+        ffi::ap_log_error_(
+            file.as_ptr(),
+            line.unwrap_or(0) as c_int,
+            module::index(),
+            level,
+            0,
+            server,
+            c"%s".as_ptr(),
+            text.as_ptr(),
+        );
+    }
+}
+
+/// One daemon log line on stderr, written with a single `write` so lines from several threads
+/// never interleave (stderr is the ErrorLog file or its piped logger).
+fn daemon_line(level: &str, msg: &str) {
+    let mut buf = [0 as c_char; 64];
+    let mut len: c_int = buf.len() as c_int;
+    // SAFETY: `buf` is larger than the longest string ap_recent_ctime_ex writes with the USEC
+    // option (APR_CTIME_LEN + 7); `len` holds the buffer size and receives the length written.
+    let stamp = unsafe {
+        ffi::ap_recent_ctime_ex(
+            buf.as_mut_ptr(),
+            ffi::apr_time_now(),
+            ffi::AP_CTIME_OPTION_USEC as c_int,
+            &mut len,
+        );
+        super::pool::cstr(buf.as_ptr()).unwrap_or("").to_owned()
+    };
+    let line = format!("[{stamp}] [nextcloud_push:{level}] [pid {}] {msg}\n", std::process::id());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// The module's effective LogLevel on a server (`LogLevel nextcloud_push:…`, else the
+/// server's level), as a `log` filter.
+///
+/// # Safety
+/// `s` must be a live server_rec.
+pub unsafe fn server_level(s: *const ffi::server_rec) -> ::log::LevelFilter {
+    let index = module::index();
+    // SAFETY: per contract; `module_levels` is NULL or has an entry for every module index.
+    let level = unsafe {
+        let log = &(*s).log;
+        if index >= 0 && !log.module_levels.is_null() && *log.module_levels.add(index as usize) >= 0
+        {
+            c_int::from(*log.module_levels.add(index as usize))
+        } else {
+            log.level
+        }
+    };
+    aplog_to_filter(level)
+}
+
+fn aplog_to_filter(level: c_int) -> ::log::LevelFilter {
+    match level as u32 {
+        l if l <= ffi::APLOG_ERR => ::log::LevelFilter::Error,
+        l if l <= ffi::APLOG_NOTICE => ::log::LevelFilter::Warn,
+        l if l == ffi::APLOG_INFO => ::log::LevelFilter::Info,
+        l if l == ffi::APLOG_DEBUG => ::log::LevelFilter::Debug,
+        _ => ::log::LevelFilter::Trace,
+    }
+}

@@ -1,0 +1,49 @@
+//! Everything that touches httpd, APR or raw system calls: the only place with `unsafe`.
+//!
+//! - [`module`]: the exported module record, `register_hooks` and the hook trampolines;
+//! - [`directives`] and [`server_config`]: the `NextcloudPush*` directives and their pool-owned
+//!   per-server storage;
+//! - [`lifecycle`]: `check_config`, `post_config`, the push daemon's spawn/watch/respawn/stop in
+//!   the Apache parent (state in `ap_retained_data`);
+//! - [`process`]: what the forked daemon does before it runs safe code (fork hygiene);
+//! - [`handler`] and [`request`]: claiming `<base>/…` and the WebSocket upgrade + handoff;
+//! - [`unix`]: Unix-socket helpers with descriptor passing (`SCM_RIGHTS`);
+//! - [`log`]: the `log` backend (`ap_log_error_` in Apache, stderr lines in the daemon).
+//!
+//! Rules: every `extern "C"` callback is a short trampoline that runs a safe body inside
+//! `catch_unwind` (a panic must never unwind into httpd); every `unsafe` block says why it is
+//! sound.
+#![allow(unsafe_code)]
+// Unit-test binaries carry no module record, so the hook trampolines are unused there.
+#![cfg_attr(test, allow(dead_code))]
+
+pub mod directives;
+pub mod ffi;
+pub mod handler;
+pub mod lifecycle;
+pub mod log;
+pub mod module;
+pub mod pool;
+pub mod process;
+pub mod request;
+pub mod server_config;
+pub mod unix;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Runs `body`, turning a panic into `on_panic` after logging it (NCP0002). Used by every
+/// trampoline: unwinding into C is undefined behaviour and would take httpd down.
+pub(crate) fn guard<T>(what: &str, on_panic: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            ::log::error!(target: "nextcloud_push::apache", "NCP0002: panic in {what}: {msg}");
+            on_panic
+        }
+    }
+}

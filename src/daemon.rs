@@ -1,0 +1,506 @@
+//! The push daemon's safe part: the tokio runtime, one [`Engine`] per distinct configuration,
+//! and the handoff server of docs/internals.md.
+//!
+//! `apache::process` forks the daemon from the Apache parent, does the fork hygiene (fds,
+//! signals, limits, socket, privileges) and then calls [`run`]; its return value is the exit
+//! status.
+
+use crate::apache::unix;
+use crate::handoff::{self, HandoffAssembler, HandoffError, Hello};
+use nextcloud_push_engine::{Engine, EngineConfig, Handoff};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Exit status of a daemon that could not start; the parent does not respawn it until the
+/// next restart.
+pub const EXIT_STARTUP_FAILED: i32 = 3;
+/// Descriptors kept free for Redis, database and Nextcloud connections and for accepting.
+const FD_RESERVE: u64 = 256;
+/// Upper bound of the whole shutdown (engines send close frames and wait for their sessions).
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
+
+/// The readiness pipe to the Apache parent, which waits for it in post_config.
+pub struct Ready(std::fs::File);
+
+impl Ready {
+    pub fn new(fd: OwnedFd) -> Ready {
+        Ready(std::fs::File::from(fd))
+    }
+
+    /// The socket is bound and the engines exist: children may connect now.
+    pub fn ok(mut self) {
+        let _ = self.0.write_all(b"OK");
+    }
+
+    /// Startup failed; the parent logs `msg` and does not respawn until the next restart.
+    pub fn fail(mut self, msg: &str) {
+        let _ = self.0.write_all(format!("ERR {msg}").as_bytes());
+    }
+}
+
+pub struct DaemonSetup {
+    /// Bound and listening (as root, then chowned to `User`), blocking.
+    pub listener: std::os::unix::net::UnixListener,
+    pub socket_path: PathBuf,
+    /// Index = the `engine` of a [`Hello`].
+    pub engines: Vec<EngineConfig>,
+    pub ready: Ready,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit status.
+pub fn run(setup: DaemonSetup) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nextcloud-push")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            setup.ready.fail(&format!("cannot start the tokio runtime: {e}"));
+            return EXIT_STARTUP_FAILED;
+        }
+    };
+    let code = runtime.block_on(serve(setup));
+    // Do not wait for blocking tasks (DNS lookups, …): the process ends right after this.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+struct State {
+    engines: Vec<Arc<Engine>>,
+    /// `engines[i].config().fingerprint()`, computed once.
+    prints: Vec<String>,
+    shutting_down: AtomicBool,
+    /// Client sockets this daemon holds (handed-off sessions and handoffs in flight).
+    live: Arc<AtomicUsize>,
+    fd_limit: u64,
+    refused: AtomicU64,
+}
+
+async fn serve(setup: DaemonSetup) -> i32 {
+    let DaemonSetup { listener, socket_path, engines: configs, ready } = setup;
+    // Install the handlers first: until then SIGTERM would kill us without cleanup.
+    let (mut term, mut int) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                ready.fail(&format!("cannot install signal handlers: {e}"));
+                return EXIT_STARTUP_FAILED;
+            }
+        };
+    let mut engines = Vec::with_capacity(configs.len());
+    for config in configs {
+        match Engine::new(config) {
+            Ok(engine) => {
+                engine.start();
+                engines.push(engine);
+            }
+            Err(e) => {
+                ready.fail(&format!("cannot create a push engine: {e:#}"));
+                return EXIT_STARTUP_FAILED;
+            }
+        }
+    }
+    let listener =
+        match listener.set_nonblocking(true).and_then(|()| UnixListener::from_std(listener)) {
+            Ok(l) => l,
+            Err(e) => {
+                ready.fail(&format!("cannot use the socket {}: {e}", socket_path.display()));
+                return EXIT_STARTUP_FAILED;
+            }
+        };
+    let bound = std::fs::metadata(&socket_path).map(|m| (m.dev(), m.ino())).ok();
+    let prints = engines.iter().map(|e| e.config().fingerprint()).collect();
+    let state = Arc::new(State {
+        engines,
+        prints,
+        shutting_down: AtomicBool::new(false),
+        live: Arc::new(AtomicUsize::new(0)),
+        fd_limit: unix::nofile_limit(),
+        refused: AtomicU64::new(0),
+    });
+    log::info!(
+        target: "nextcloud_push::daemon",
+        "NCP0101: push daemon {} ready on {} with {} engine(s), fd limit {}",
+        env!("CARGO_PKG_VERSION"),
+        socket_path.display(),
+        state.engines.len(),
+        state.fd_limit
+    );
+    ready.ok();
+
+    let mut last_accept_warning: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle_child(stream, &state).await {
+                            log::debug!(target: "nextcloud_push::daemon", "NCP0104: handoff dropped: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE: the pending connections time out in the children (503).
+                    // One line per minute at most.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        log::warn!(target: "nextcloud_push::daemon", "NCP0105: accept on the daemon socket failed: {e}");
+                        last_accept_warning = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+
+    state.shutting_down.store(true, Ordering::SeqCst);
+    drop(listener);
+    log::info!(
+        target: "nextcloud_push::daemon",
+        "NCP0102: push daemon stopping, closing {} session(s)",
+        state.live.load(Ordering::SeqCst)
+    );
+    let all = futures_util::future::join_all(state.engines.iter().map(|e| e.shutdown()));
+    let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, all).await;
+    // Remove the socket only if it is still ours: a replacement daemon may have bound the
+    // same path already.
+    if let (Some(bound), Ok(now)) = (bound, std::fs::metadata(&socket_path)) {
+        if bound == (now.dev(), now.ino()) {
+            let _ = std::fs::remove_file(&socket_path);
+        }
+    }
+    log::info!(target: "nextcloud_push::daemon", "NCP0103: push daemon stopped");
+    0
+}
+
+/// One Apache child's connection: Hello → answer → handoff.
+async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), HandoffError> {
+    let hello = tokio::time::timeout(handoff::ASK_TIMEOUT, read_hello(&mut stream))
+        .await
+        .map_err(|_| HandoffError::Timeout(handoff::ASK_TIMEOUT))??;
+    let engine = match admit(&hello, state) {
+        Ok(engine) => engine,
+        Err(why) => {
+            let n = state.refused.fetch_add(1, Ordering::Relaxed);
+            // One line per 100 refusals, so a flood does not flood the log.
+            if n % 100 == 0 {
+                log::warn!(target: "nextcloud_push::daemon", "NCP0106: refusing a WebSocket handoff: {why}");
+            }
+            stream.write_all(&[handoff::REFUSED]).await?;
+            return Ok(());
+        }
+    };
+    // Count the client socket from now on, so concurrent admissions see it.
+    let slot = LiveSlot::new(state.live.clone());
+    stream.write_all(&[handoff::ACCEPTED]).await?;
+    let (header, early, fd) =
+        tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive_handoff(&stream))
+            .await
+            .map_err(|_| HandoffError::Timeout(handoff::HANDOFF_TIMEOUT))??;
+    drop(stream);
+    let tcp = std::net::TcpStream::from(fd);
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpStream::from_std(tcp)?;
+    log::debug!(
+        target: "nextcloud_push::daemon",
+        "NCP0107: WebSocket handed over ({} early bytes, client chain {:?})",
+        early.len(),
+        header.forwarded_for
+    );
+    engine.accept_upgraded(
+        Counted { inner: tcp, _slot: slot },
+        Handoff { early_data: early, forwarded_for: header.forwarded_for },
+    );
+    Ok(())
+}
+
+fn admit<'a>(hello: &Hello, state: &'a State) -> Result<&'a Arc<Engine>, String> {
+    if hello.protocol != handoff::PROTOCOL {
+        return Err(format!(
+            "handoff protocol {} from an Apache child, this daemon speaks {}",
+            hello.protocol,
+            handoff::PROTOCOL
+        ));
+    }
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return Err("shutting down".into());
+    }
+    let engine = state
+        .engines
+        .get(hello.engine as usize)
+        .ok_or_else(|| format!("unknown engine {}", hello.engine))?;
+    if let Some(config) = &hello.config {
+        if state.prints.get(hello.engine as usize) != Some(config) {
+            return Err(format!(
+                "engine {} has another configuration than the Apache child expects (a child of an \
+                 older configuration generation?)",
+                hello.engine
+            ));
+        }
+    }
+    let live = state.live.load(Ordering::SeqCst) as u64;
+    if live + FD_RESERVE >= state.fd_limit {
+        return Err(format!("{live} sockets open, fd limit {}", state.fd_limit));
+    }
+    Ok(engine)
+}
+
+async fn read_hello(stream: &mut UnixStream) -> Result<Hello, HandoffError> {
+    // Exact reads: nothing may be consumed past the frame (the child waits for our answer
+    // anyway, but a descriptor attached to a later byte must never meet a plain read).
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let mut payload = vec![0u8; handoff::frame_len(len)?];
+    stream.read_exact(&mut payload).await?;
+    serde_json::from_slice(&payload).map_err(|e| HandoffError::Protocol(format!("bad hello: {e}")))
+}
+
+async fn receive_handoff(
+    stream: &UnixStream,
+) -> Result<(handoff::HandoffHeader, Vec<u8>, OwnedFd), HandoffError> {
+    let mut asm = HandoffAssembler::default();
+    let mut client: Option<OwnedFd> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let want = asm.wanted().clamp(1, buf.len());
+        let (n, fds) = stream
+            .async_io(Interest::READABLE, || unix::recv_with_fds(stream.as_fd(), &mut buf[..want]))
+            .await?;
+        // Extra descriptors (none are expected) are closed by dropping them.
+        for fd in fds {
+            if client.is_none() {
+                client = Some(fd);
+            }
+        }
+        if n == 0 {
+            return Err(HandoffError::Protocol(
+                "the Apache child closed before the handoff".into(),
+            ));
+        }
+        if let Some((header, early)) = asm.push(&buf[..n])? {
+            let fd = client
+                .ok_or_else(|| HandoffError::Protocol("handoff without a client socket".into()))?;
+            return Ok((header, early, fd));
+        }
+    }
+}
+
+/// Keeps [`State::live`] up to date: one per client socket the daemon holds.
+struct LiveSlot(Arc<AtomicUsize>);
+
+impl LiveSlot {
+    fn new(live: Arc<AtomicUsize>) -> LiveSlot {
+        live.fetch_add(1, Ordering::SeqCst);
+        LiveSlot(live)
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The client socket as the engine sees it; dropping it releases the slot.
+struct Counted {
+    inner: TcpStream,
+    _slot: LiveSlot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nextcloud_push_engine::Overrides;
+    use std::io::Read;
+    use std::net::IpAddr;
+
+    fn engine() -> Arc<Engine> {
+        // Nothing listens on port 9: logins fail fast with a connect error, which is enough to
+        // see that the session runs and consumed the early bytes.
+        let config = EngineConfig::load(
+            None,
+            &Overrides {
+                nextcloud_url: Some("http://127.0.0.1:9".into()),
+                redis_url: Some("redis://127.0.0.1:9/0".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Engine::new(config).unwrap()
+    }
+
+    fn state(engines: Vec<Arc<Engine>>) -> Arc<State> {
+        Arc::new(State {
+            prints: engines.iter().map(|e| e.config().fingerprint()).collect(),
+            engines,
+            shutting_down: AtomicBool::new(false),
+            live: Arc::new(AtomicUsize::new(0)),
+            fd_limit: 100_000,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// A masked client text frame.
+    fn frame(text: &str) -> Vec<u8> {
+        let mut out = vec![0x81, 0x80 | text.len() as u8, 1, 2, 3, 4];
+        out.extend(text.bytes().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+        out
+    }
+
+    /// Serves one Apache-child connection on a fresh socket; returns the socket path.
+    async fn serve_one(state: Arc<State>, name: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("ncp-daemon-{name}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = handle_child(stream, &state).await;
+        });
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handoff_reaches_the_engine_with_early_bytes() {
+        let state = state(vec![engine()]);
+        let print = state.prints[0].clone();
+        let path = serve_one(state.clone(), "ok").await;
+        let reply = tokio::task::spawn_blocking(move || {
+            let accepted =
+                handoff::ask_daemon(&path, &Hello::new(0, Some(print)), Duration::from_secs(2))
+                    .unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            let mut early = frame("alice");
+            early.extend(frame("secret"));
+            let ips: Vec<IpAddr> = vec!["203.0.113.7".parse().unwrap()];
+            accepted.hand_off(server_side.as_fd(), ips, &early).unwrap();
+            drop(server_side);
+            let _ = std::fs::remove_file(&path);
+            client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = [0u8; 2];
+            client.read_exact(&mut head).unwrap();
+            let mut len = usize::from(head[1] & 0x7f);
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                client.read_exact(&mut ext).unwrap();
+                len = usize::from(u16::from_be_bytes(ext));
+            }
+            let mut payload = vec![0u8; len];
+            client.read_exact(&mut payload).unwrap();
+            (head[0], String::from_utf8(payload).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(reply.0, 0x81, "a final text frame");
+        assert!(
+            reply.1.starts_with("err: Error while sending authentication request to nextcloud"),
+            "{}",
+            reply.1
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_engine_and_wrong_protocol_are_refused() {
+        let state = state(vec![engine()]);
+        let path = serve_one(state.clone(), "unknown").await;
+        let e = tokio::task::spawn_blocking(move || {
+            handoff::ask_daemon(&path, &Hello::new(5, None), Duration::from_secs(2))
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(matches!(e, HandoffError::Refused), "{e}");
+
+        let path = serve_one(state.clone(), "protocol").await;
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            s.write_all(&handoff::encode_json(&Hello { protocol: 999, engine: 0, config: None }))
+                .unwrap();
+            let mut b = [9u8; 1];
+            s.read_exact(&mut b).unwrap();
+            let _ = std::fs::remove_file(&path);
+            b[0]
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer, handoff::REFUSED);
+        assert_eq!(state.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refuses_near_the_fd_limit_and_when_shutting_down() {
+        let engine = engine();
+        let st = State {
+            prints: vec![engine.config().fingerprint()],
+            engines: vec![engine],
+            shutting_down: AtomicBool::new(false),
+            live: Arc::new(AtomicUsize::new(0)),
+            fd_limit: FD_RESERVE + 1,
+            refused: AtomicU64::new(0),
+        };
+        let hello = Hello::new(0, None);
+        assert!(admit(&hello, &st).is_ok());
+        assert!(admit(&Hello::new(0, Some(st.prints[0].clone())), &st).is_ok());
+        assert!(admit(&Hello::new(0, Some("other".into())), &st).is_err());
+        st.live.store(1, Ordering::SeqCst);
+        assert!(admit(&hello, &st).is_err());
+        st.live.store(0, Ordering::SeqCst);
+        st.shutting_down.store(true, Ordering::SeqCst);
+        assert!(admit(&hello, &st).is_err());
+    }
+}

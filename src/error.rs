@@ -1,0 +1,37 @@
+//! Message-id registry of the Apache glue and the push daemon: `NCP0001`–`NCP0999` (the engine
+//! owns `NCP1000`–`NCP1999`, see `nextcloud_push_engine::error`). Every line at `warn` or above
+//! carries an id, so tests and admins can whitelist or grep expected lines.
+//!
+//! | id | level | where | meaning |
+//! |---|---|---|---|
+//! | `NCP0001` | info | parent | banner: module version and handoff protocol, once per Apache start |
+//! | `NCP0002` | error | any | a panic was caught at the httpd boundary (the hook failed safely) |
+//! | `NCP0003` | error | any | panic message and location (panic hook) |
+//! | `NCP0004` | info | parent | push enabled for a server: base path, engine index, daemon socket |
+//! | `NCP0005` | debug | parent | graceful restart keeps the running daemon (configuration unchanged) |
+//! | `NCP0006` | info | parent | configuration changed: the running daemon is replaced |
+//! | `NCP0007` | info | parent | push no longer enabled anywhere: the daemon is stopped |
+//! | `NCP0008` | debug | parent | a stopped daemon ended (how) |
+//! | `NCP0009` | info | parent | daemon started (pid, socket) |
+//! | `NCP0010` | crit | parent | the daemon failed to start (no respawn until the next restart) |
+//! | `NCP0011` | error | parent | the daemon died and is restarted (throttled after 3 fast deaths) |
+//! | `NCP0012` | notice | parent | throttled restart of the daemon by the monitor hook |
+//! | `NCP0013` | warn | parent | the daemon did not report ready within 10 s |
+//! | `NCP0014` | error | daemon | cannot bind the daemon socket (startup fails) |
+//! | `NCP0015` | error | daemon | cannot drop privileges (startup fails) |
+//! | `NCP0016` | debug | daemon | cannot raise RLIMIT_NOFILE |
+//! | `NCP0017` | debug | daemon | the process title could not be changed |
+//! | `NCP0020` | emerg | check_config | invalid `NextcloudPushSocket` (startup refused) |
+//! | `NCP0021` | emerg | check_config | invalid push configuration of a server (startup refused) |
+//! | `NCP0030` | warn | child | WebSocket over HTTPS refused with 501 (TLS handoff not implemented yet) |
+//! | `NCP0031` | error | child | push enabled but not set up in this process (503) |
+//! | `NCP0032` | error | child | the daemon did not accept the handoff in time or refused it (503) |
+//! | `NCP0033` | debug | child | the client went away while the 101 was sent |
+//! | `NCP0034` | error | child | handoff failed after the 101 (the client sees the connection close) |
+//! | `NCP0101` | info | daemon | daemon ready: version, socket, engines, fd limit |
+//! | `NCP0102` | info | daemon | daemon stopping (SIGTERM/SIGINT): close 1001 to every session |
+//! | `NCP0103` | info | daemon | daemon stopped |
+//! | `NCP0104` | debug | daemon | one handoff dropped (child went away, timeout, protocol error) |
+//! | `NCP0105` | warn | daemon | `accept` on the daemon socket failed (e.g. out of descriptors); at most one line per minute |
+//! | `NCP0106` | warn | daemon | a handoff was refused (unknown engine, configuration or protocol mismatch, fd limit, shutting down); one line per 100 refusals |
+//! | `NCP0107` | debug | daemon | a WebSocket was handed over (early bytes, client IP chain) |

@@ -1,0 +1,387 @@
+//! The wire format between an Apache child and the push daemon, and the child's side of it.
+//!
+//! One Unix stream connection per WebSocket (see docs/internals.md). Frames are a `u32`
+//! little-endian length followed by that many payload bytes.
+//! 1. child → daemon: [`Hello`] (JSON frame);
+//! 2. daemon → child: one byte, [`ACCEPTED`] or [`REFUSED`];
+//! 3. child → daemon, in one `sendmsg` carrying the client socket as `SCM_RIGHTS`:
+//!    [`HandoffHeader`] (JSON frame) followed by `early_len` raw bytes (what the client sent after
+//!    its request head and Apache had already read);
+//! 4. the child closes its end.
+
+use crate::apache::unix;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Bumped on any incompatible change; the daemon refuses other versions, and a changed
+/// version restarts the daemon at the next graceful restart (it is part of the fingerprint).
+pub const PROTOCOL: u32 = 1;
+/// Daemon's answer to a [`Hello`]: go ahead.
+pub const ACCEPTED: u8 = 1;
+/// Daemon's answer to a [`Hello`]: unknown engine, out of file descriptors or shutting down.
+pub const REFUSED: u8 = 0;
+/// Largest JSON frame either side accepts.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Most early bytes a child forwards. A client must wait for the 101 before it sends frames
+/// (RFC 6455 §4.1), so anything near this is abuse.
+pub const MAX_EARLY: usize = 64 * 1024;
+/// How long the child waits for the connect and the daemon's answer before it gives up (503).
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the daemon waits for the handoff after it accepted a Hello (the child sends the
+/// 101 to the client in between).
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// Index of the engine (one per distinct vhost configuration) that gets the connection.
+    pub engine: u32,
+    /// The engine configuration's fingerprint as the child knows it. The daemon refuses a
+    /// mismatch (a child of an older generation during a graceful restart that replaced the
+    /// daemon) instead of routing the client to the wrong Nextcloud. Optional on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+}
+
+impl Hello {
+    pub fn new(engine: u32, config: Option<String>) -> Hello {
+        Hello { protocol: PROTOCOL, engine, config }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffHeader {
+    /// Client IP chain (spec §1.2): forwarding headers, then `r->useragent_ip`.
+    pub forwarded_for: Vec<IpAddr>,
+    /// Number of raw bytes that follow the header frame.
+    pub early_len: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("cannot connect to the push daemon at {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("the push daemon did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the push daemon refused the connection (unknown engine, out of file descriptors or shutting down)")]
+    Refused,
+    #[error("push daemon connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("push daemon protocol error: {0}")]
+    Protocol(String),
+}
+
+/// `u32` little-endian length + payload.
+pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The length announced by a frame header, checked against [`MAX_FRAME`].
+pub fn frame_len(header: [u8; 4]) -> Result<usize, HandoffError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(HandoffError::Protocol(format!("frame length {len} out of range")));
+    }
+    Ok(len)
+}
+
+pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    encode_frame(&serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// The bytes of step 3: header frame + early bytes.
+pub fn encode_handoff(forwarded_for: Vec<IpAddr>, early: &[u8]) -> Vec<u8> {
+    let header = HandoffHeader { forwarded_for, early_len: early.len() as u32 };
+    let mut out = encode_json(&header);
+    out.extend_from_slice(early);
+    out
+}
+
+/// Reassembles step 3 on the daemon side from whatever chunks `recvmsg` returns.
+#[derive(Debug, Default)]
+pub struct HandoffAssembler {
+    buf: Vec<u8>,
+    header: Option<(HandoffHeader, usize)>,
+}
+
+impl HandoffAssembler {
+    /// Appends bytes. Returns the header and the early bytes once everything has arrived.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(HandoffHeader, Vec<u8>)>, HandoffError> {
+        self.buf.extend_from_slice(bytes);
+        if self.header.is_none() && self.buf.len() >= 4 {
+            let len = frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])?;
+            if self.buf.len() >= 4 + len {
+                let header: HandoffHeader = serde_json::from_slice(&self.buf[4..4 + len])
+                    .map_err(|e| HandoffError::Protocol(format!("bad handoff header: {e}")))?;
+                if header.early_len as usize > MAX_EARLY {
+                    return Err(HandoffError::Protocol(format!(
+                        "{} early bytes announced (at most {MAX_EARLY})",
+                        header.early_len
+                    )));
+                }
+                self.header = Some((header, 4 + len));
+            }
+        }
+        if let Some((header, start)) = &self.header {
+            let end = start + header.early_len as usize;
+            if self.buf.len() > end {
+                return Err(HandoffError::Protocol("bytes after the early data".into()));
+            }
+            if self.buf.len() == end {
+                return Ok(Some((header.clone(), self.buf[*start..end].to_vec())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many more bytes could still belong to the message (for sizing reads).
+    pub fn wanted(&self) -> usize {
+        match &self.header {
+            Some((h, start)) => (start + h.early_len as usize).saturating_sub(self.buf.len()),
+            None => 4 + MAX_FRAME,
+        }
+    }
+}
+
+/// The child's connection to the daemon after the daemon accepted (steps 1–2 done).
+#[derive(Debug)]
+pub struct Accepted {
+    stream: UnixStream,
+}
+
+/// Steps 1–2: connects to `socket`, sends `hello` and waits for the answer, all within
+/// `timeout`.
+pub fn ask_daemon(
+    socket: &Path,
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<Accepted, HandoffError> {
+    let deadline = Instant::now() + timeout;
+    let stream = unix::connect_with_deadline(socket, deadline).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::TimedOut {
+            HandoffError::Timeout(timeout)
+        } else {
+            HandoffError::Connect { path: socket.display().to_string(), source }
+        }
+    })?;
+    let remaining = |d: Instant| {
+        d.checked_duration_since(Instant::now())
+            .filter(|r| !r.is_zero())
+            .ok_or(HandoffError::Timeout(timeout))
+    };
+    stream.set_write_timeout(Some(remaining(deadline)?))?;
+    (&stream).write_all(&encode_json(hello))?;
+    stream.set_read_timeout(Some(remaining(deadline)?))?;
+    let mut answer = [0u8; 1];
+    match (&stream).read_exact(&mut answer) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(HandoffError::Timeout(timeout))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(HandoffError::Refused)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match answer[0] {
+        ACCEPTED => Ok(Accepted { stream }),
+        REFUSED => Err(HandoffError::Refused),
+        other => Err(HandoffError::Protocol(format!("unexpected answer byte {other}"))),
+    }
+}
+
+impl Accepted {
+    /// Step 3: sends the header, the early bytes and the client socket, then closes.
+    pub fn hand_off(
+        self,
+        client: BorrowedFd<'_>,
+        forwarded_for: Vec<IpAddr>,
+        early: &[u8],
+    ) -> Result<(), HandoffError> {
+        if early.len() > MAX_EARLY {
+            return Err(HandoffError::Protocol(format!("{} early bytes", early.len())));
+        }
+        let msg = encode_handoff(forwarded_for, early);
+        self.stream.set_write_timeout(Some(HANDOFF_TIMEOUT / 2))?;
+        // The descriptor travels with the first chunk; a short write (a full socket buffer)
+        // is finished with plain writes.
+        let sent = unix::send_with_fd(&self.stream, &msg, client)?;
+        (&self.stream).write_all(&msg[sent..])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip_in_chunks() {
+        let ips: Vec<IpAddr> = vec!["203.0.113.7".parse().unwrap(), "::1".parse().unwrap()];
+        let msg = encode_handoff(ips.clone(), b"EARLYBYTES");
+        for chunk in [1, 3, 7, msg.len()] {
+            let mut asm = HandoffAssembler::default();
+            let mut done = None;
+            for part in msg.chunks(chunk) {
+                assert!(done.is_none());
+                done = asm.push(part).unwrap();
+            }
+            let (header, early) = done.expect("complete");
+            assert_eq!(header.forwarded_for, ips);
+            assert_eq!(early, b"EARLYBYTES");
+        }
+    }
+
+    #[test]
+    fn empty_early_data_completes_with_the_header() {
+        let msg = encode_handoff(vec![], b"");
+        let mut asm = HandoffAssembler::default();
+        let (h, early) = asm.push(&msg).unwrap().unwrap();
+        assert_eq!(h.early_len, 0);
+        assert!(early.is_empty());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let mut asm = HandoffAssembler::default();
+        assert!(asm.push(&[0, 0, 0, 0]).is_err());
+        let mut asm = HandoffAssembler::default();
+        assert!(asm.push(&(MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
+        let mut asm = HandoffAssembler::default();
+        assert!(asm.push(&encode_frame(b"{not json")).is_err());
+        let mut asm = HandoffAssembler::default();
+        let mut msg = encode_handoff(vec![], b"ab");
+        msg.push(b'c');
+        assert!(asm.push(&msg).is_err());
+        let mut asm = HandoffAssembler::default();
+        let big =
+            encode_json(&HandoffHeader { forwarded_for: vec![], early_len: MAX_EARLY as u32 + 1 });
+        assert!(asm.push(&big).is_err());
+    }
+
+    #[test]
+    fn hello_json_shape() {
+        let frame = encode_json(&Hello::new(3, None));
+        assert_eq!(&frame[4..], br#"{"protocol":1,"engine":3}"#);
+        let with = encode_json(&Hello::new(0, Some("ab12".into())));
+        assert_eq!(&with[4..], br#"{"protocol":1,"engine":0,"config":"ab12"}"#);
+        let old: Hello = serde_json::from_slice(br#"{"protocol":1,"engine":2}"#).unwrap();
+        assert_eq!(old, Hello::new(2, None));
+        assert_eq!(frame_len(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    fn socket_path(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ncp-{name}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    /// A one-connection fake daemon: reads the Hello, answers `answer` (or nothing).
+    fn fake_daemon(
+        path: &Path,
+        answer: Option<u8>,
+    ) -> std::thread::JoinHandle<(Hello, UnixStream)> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let mut payload = vec![0u8; frame_len(len).unwrap()];
+            s.read_exact(&mut payload).unwrap();
+            let hello: Hello = serde_json::from_slice(&payload).unwrap();
+            match answer {
+                Some(a) => s.write_all(&[a]).unwrap(),
+                None => std::thread::sleep(Duration::from_millis(600)),
+            }
+            (hello, s)
+        })
+    }
+
+    #[test]
+    fn no_daemon_is_a_connect_error() {
+        let e = ask_daemon(&socket_path("none"), &Hello::new(0, None), Duration::from_millis(200))
+            .unwrap_err();
+        assert!(matches!(e, HandoffError::Connect { .. }), "{e}");
+    }
+
+    #[test]
+    fn refusal_and_silence() {
+        let path = socket_path("refuse");
+        let daemon = fake_daemon(&path, Some(REFUSED));
+        let e = ask_daemon(&path, &Hello::new(7, Some("fp".into())), Duration::from_secs(2))
+            .unwrap_err();
+        assert!(matches!(e, HandoffError::Refused), "{e}");
+        assert_eq!(daemon.join().unwrap().0, Hello::new(7, Some("fp".into())));
+
+        let path = socket_path("silent");
+        let daemon = fake_daemon(&path, None);
+        let t = Instant::now();
+        let e = ask_daemon(&path, &Hello::new(0, None), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, HandoffError::Timeout(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_millis(550));
+        daemon.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn accepted_handoff_carries_header_early_bytes_and_socket() {
+        let path = socket_path("accept");
+        let daemon = fake_daemon(&path, Some(ACCEPTED));
+        let accepted = ask_daemon(&path, &Hello::new(1, None), Duration::from_secs(2)).unwrap();
+        let (mut client_end, our_end) = UnixStream::pair().unwrap();
+        let ips: Vec<IpAddr> = vec!["203.0.113.7".parse().unwrap()];
+        accepted.hand_off(our_end.as_fd(), ips.clone(), b"EARLY").unwrap();
+        drop(our_end);
+        let (hello, stream) = daemon.join().unwrap();
+        assert_eq!(hello.engine, 1);
+        let mut asm = HandoffAssembler::default();
+        let mut buf = [0u8; 256];
+        let mut fds = Vec::new();
+        let (header, early) = loop {
+            let (n, got) = match unix::recv_with_fds(stream.as_fd(), &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                r => r.unwrap(),
+            };
+            fds.extend(got);
+            assert!(n > 0, "EOF before the handoff was complete");
+            if let Some(done) = asm.push(&buf[..n]).unwrap() {
+                break done;
+            }
+        };
+        assert_eq!(header.forwarded_for, ips);
+        assert_eq!(early, b"EARLY");
+        assert_eq!(fds.len(), 1);
+        // The passed socket is the other end of `client_end`.
+        let mut passed = UnixStream::from(fds.pop().unwrap());
+        passed.write_all(b"pong").unwrap();
+        let mut got = [0u8; 4];
+        client_end.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+        let _ = std::fs::remove_file(&path);
+    }
+}

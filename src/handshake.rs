@@ -1,0 +1,211 @@
+//! Which URIs under the push base path are ours, and the RFC 6455 checks Apache makes before
+//! it answers `101 Switching Protocols`. Pure code; the request facts come from
+//! `apache::handler`.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// What a request under the base path is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `<base>/ws` or `<base>/ws/`: the WebSocket endpoint.
+    WebSocket,
+    /// `<base>/test` or `<base>/test/<rest>`: the self-test endpoints (`rest` without the slash).
+    Test(String),
+    /// Anything else under `<base>/`: 404 with an empty body, as the incumbent answers.
+    Unknown,
+}
+
+/// Classifies a decoded URL path (`r->uri`, no query string). `None`: not under `<base>/`.
+pub fn classify(base: &str, uri: &str) -> Option<Route> {
+    let rest = uri.strip_prefix(base)?.strip_prefix('/')?;
+    Some(match rest {
+        "ws" | "ws/" => Route::WebSocket,
+        "test" => Route::Test(String::new()),
+        _ => match rest.strip_prefix("test/") {
+            Some(name) => Route::Test(name.to_owned()),
+            None => Route::Unknown,
+        },
+    })
+}
+
+/// The request facts the upgrade checks need.
+#[derive(Clone, Debug, Default)]
+pub struct UpgradeRequest<'a> {
+    pub method: &'a str,
+    /// `r->proto_num >= HTTP/1.1`.
+    pub http11: bool,
+    /// `c->master != NULL`: an HTTP/2 stream, whose socket is not the client's.
+    pub h2_secondary: bool,
+    pub connection: Option<&'a str>,
+    pub upgrade: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub key: Option<&'a str>,
+    /// The connection is TLS (mod_ssl): its socket carries TLS records.
+    pub tls: bool,
+}
+
+/// A refused upgrade: the final response Apache sends instead of the 101.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: &'static str,
+    /// Extra response headers (`Allow`, `Sec-WebSocket-Version`).
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Refusal {
+    const fn new(status: u16, body: &'static str) -> Refusal {
+        Refusal { status, body, headers: &[] }
+    }
+}
+
+pub const BODY_TLS: &str = "WebSocket over HTTPS is not supported by mod_nextcloud_push yet; \
+                            terminate TLS in front of Apache or proxy wss:// to a notify_push daemon\n";
+
+/// Checks a WebSocket upgrade request in the order the incumbent (warp) does, with the same
+/// status codes and bodies where clients or admins rely on them.
+pub fn check_upgrade(req: &UpgradeRequest<'_>) -> Result<(), Refusal> {
+    if req.method == "OPTIONS" {
+        // The incumbent's CORS filter rejects preflights to /ws this way.
+        return Err(Refusal::new(403, "CORS request forbidden: request-method not allowed"));
+    }
+    if req.method != "GET" {
+        return Err(Refusal {
+            headers: &[("Allow", "GET")],
+            ..Refusal::new(405, "HTTP method not allowed")
+        });
+    }
+    if !req.http11 {
+        return Err(Refusal::new(400, "WebSocket upgrades need HTTP/1.1\n"));
+    }
+    if req.h2_secondary {
+        return Err(Refusal::new(
+            400,
+            "WebSocket over HTTP/2 is not supported; connect with HTTP/1.1\n",
+        ));
+    }
+    if !req.connection.is_some_and(|v| has_token(v, "upgrade")) {
+        return Err(Refusal::new(400, "Invalid request header \"connection\""));
+    }
+    if !req.upgrade.is_some_and(|v| has_token(v, "websocket")) {
+        return Err(Refusal::new(400, "Invalid request header \"upgrade\""));
+    }
+    if req.version.map(str::trim) != Some("13") {
+        return Err(Refusal {
+            headers: &[("Sec-WebSocket-Version", "13")],
+            ..Refusal::new(426, "Invalid request header \"sec-websocket-version\"")
+        });
+    }
+    match req.key {
+        None => return Err(Refusal::new(400, "Missing request header \"sec-websocket-key\"")),
+        Some(key) if !valid_key(key) => {
+            return Err(Refusal::new(400, "Invalid request header \"sec-websocket-key\""))
+        }
+        Some(_) => {}
+    }
+    if req.tls {
+        return Err(Refusal::new(501, BODY_TLS));
+    }
+    Ok(())
+}
+
+/// True if the comma-separated header value contains `token` (ASCII case-insensitive).
+pub fn has_token(value: &str, token: &str) -> bool {
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `Sec-WebSocket-Key` must be the base64 encoding of 16 bytes (RFC 6455 §4.1).
+pub fn valid_key(key: &str) -> bool {
+    BASE64.decode(key.trim()).is_ok_and(|raw| raw.len() == 16)
+}
+
+/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + the RFC 6455 GUID)).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    BASE64.encode(sha.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> UpgradeRequest<'static> {
+        UpgradeRequest {
+            method: "GET",
+            http11: true,
+            h2_secondary: false,
+            connection: Some("keep-alive, Upgrade"),
+            upgrade: Some("websocket"),
+            version: Some("13"),
+            key: Some("dGhlIHNhbXBsZSBub25jZQ=="),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(classify("/push", "/push/ws"), Some(Route::WebSocket));
+        assert_eq!(classify("/push", "/push/ws/"), Some(Route::WebSocket));
+        assert_eq!(classify("/push", "/push/test/cookie"), Some(Route::Test("cookie".into())));
+        assert_eq!(
+            classify("/push", "/push/test/remote/1.2.3.4"),
+            Some(Route::Test("remote/1.2.3.4".into()))
+        );
+        assert_eq!(classify("/push", "/push/test"), Some(Route::Test(String::new())));
+        assert_eq!(classify("/push", "/push/"), Some(Route::Unknown));
+        assert_eq!(classify("/push", "/push/wss"), Some(Route::Unknown));
+        assert_eq!(classify("/push", "/push/ws/x"), Some(Route::Unknown));
+        assert_eq!(classify("/push", "/push"), None);
+        assert_eq!(classify("/push", "/pushy/ws"), None);
+        assert_eq!(classify("/push", "/index.php"), None);
+        assert_eq!(classify("/a/b", "/a/b/ws"), Some(Route::WebSocket));
+    }
+
+    #[test]
+    fn rfc6455_example_accept() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn accepts_a_good_request() {
+        assert_eq!(check_upgrade(&good()), Ok(()));
+        let firefox = UpgradeRequest { connection: Some("keep-alive, Upgrade"), ..good() };
+        assert_eq!(check_upgrade(&firefox), Ok(()));
+        let caps =
+            UpgradeRequest { connection: Some("UPGRADE"), upgrade: Some("WebSocket"), ..good() };
+        assert_eq!(check_upgrade(&caps), Ok(()));
+    }
+
+    #[test]
+    fn refusals() {
+        let r = check_upgrade(&UpgradeRequest { method: "OPTIONS", ..good() }).unwrap_err();
+        assert_eq!(r.status, 403);
+        let r = check_upgrade(&UpgradeRequest { method: "POST", ..good() }).unwrap_err();
+        assert_eq!((r.status, r.headers), (405, &[("Allow", "GET")][..]));
+        let r = check_upgrade(&UpgradeRequest { http11: false, ..good() }).unwrap_err();
+        assert_eq!(r.status, 400);
+        let r = check_upgrade(&UpgradeRequest { h2_secondary: true, ..good() }).unwrap_err();
+        assert_eq!(r.status, 400);
+        let r = check_upgrade(&UpgradeRequest { connection: None, ..good() }).unwrap_err();
+        assert_eq!((r.status, r.body), (400, "Invalid request header \"connection\""));
+        let r = check_upgrade(&UpgradeRequest { connection: Some("keep-alive"), ..good() })
+            .unwrap_err();
+        assert_eq!((r.status, r.body), (400, "Invalid request header \"connection\""));
+        let r = check_upgrade(&UpgradeRequest { upgrade: Some("h2c"), ..good() }).unwrap_err();
+        assert_eq!(r.status, 400);
+        let r = check_upgrade(&UpgradeRequest { version: Some("8"), ..good() }).unwrap_err();
+        assert_eq!((r.status, r.headers), (426, &[("Sec-WebSocket-Version", "13")][..]));
+        let r = check_upgrade(&UpgradeRequest { version: None, ..good() }).unwrap_err();
+        assert_eq!(r.status, 426);
+        let r = check_upgrade(&UpgradeRequest { key: None, ..good() }).unwrap_err();
+        assert_eq!(r.status, 400);
+        let r = check_upgrade(&UpgradeRequest { key: Some("c2hvcnQ="), ..good() }).unwrap_err();
+        assert_eq!(r.status, 400);
+        let r = check_upgrade(&UpgradeRequest { tls: true, ..good() }).unwrap_err();
+        assert_eq!((r.status, r.body), (501, BODY_TLS));
+    }
+}
