@@ -1,0 +1,291 @@
+#![forbid(unsafe_code)]
+//! The push engine of mod_nextcloud_push: everything Nextcloud, nothing httpd.
+//!
+//! config.php parsing and overrides ([`EngineConfig`]), WebSocket sessions with the notify_push
+//! wire protocol (login, fan-out, debounce, keepalive), the Redis event listener and the
+//! metrics. It never references httpd symbols and is tested as plain Rust. The contract with the
+//! Apache glue is `docs/internals.md`; the wire behaviour is the notify_push specification.
+//!
+//! Log targets: `nextcloud_push::ws`, `nextcloud_push::redis`, `nextcloud_push::auth`. Message
+//! ids: see [`error`].
+
+mod config;
+pub mod db;
+pub mod error;
+mod event;
+mod handshake;
+mod ip;
+mod message;
+mod metrics;
+mod nextcloud;
+mod redis_listener;
+mod registry;
+mod session;
+mod storage;
+mod user;
+
+pub use config::{EngineConfig, Overrides, RedisConfig, RedisTls, Timing};
+pub use error::{ConfigError, Error};
+pub use event::CHANNELS;
+pub use ip::client_ip_chain;
+pub use message::{debounce_time, PushMessage, SendQueue, UpdatedFiles};
+pub use metrics::Metrics;
+pub use storage::{NoStorageMapping, StorageMapping};
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// What the Apache side hands over with an upgraded connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// Bytes the client sent after the request head (already read by Apache); consumed before
+    /// anything read from the stream.
+    pub early_data: Vec<u8>,
+    /// The client IP chain (see [`client_ip_chain`]), forwarded to Nextcloud at login.
+    pub forwarded_for: Vec<IpAddr>,
+}
+
+/// Engine-wide signals to every session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// `notify_signal "reset"`: Close frame with empty payload to every authenticated session.
+    Reset,
+    /// [`Engine::shutdown`]: Close 1001 to every session.
+    Shutdown,
+}
+
+/// One engine per distinct configuration. Create it inside a tokio runtime with [`Engine::new`],
+/// start the Redis listener with [`Engine::start`], then feed it connections.
+pub struct Engine {
+    config: EngineConfig,
+    runtime: tokio::runtime::Handle,
+    nextcloud: nextcloud::NextcloudClient,
+    redis: redis::Client,
+    registry: registry::Registry,
+    counters: Arc<metrics::Counters>,
+    /// token → (uid, received)
+    pre_auth: Mutex<HashMap<String, (String, Instant)>>,
+    test_cookie: AtomicU32,
+    signals: broadcast::Sender<Signal>,
+    /// Number of live sessions (authenticated or not), for a bounded shutdown.
+    sessions: watch::Sender<usize>,
+    shutting_down: AtomicBool,
+    started: AtomicBool,
+    cancel: CancellationToken,
+    storage_mapping: RwLock<Arc<dyn StorageMapping>>,
+    /// Storage updates go through one ordered, bounded-concurrency pipeline (see
+    /// `redis_listener::storage_pipeline`), taken by [`Engine::start`].
+    storage_updates: tokio::sync::mpsc::Sender<redis_listener::StorageUpdate>,
+    storage_updates_rx: Mutex<Option<tokio::sync::mpsc::Receiver<redis_listener::StorageUpdate>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds an engine. Must be called inside a tokio runtime (the engine spawns its tasks on
+    /// it, also when `accept_*` is called from a thread outside the runtime).
+    pub fn new(config: EngineConfig) -> Result<Arc<Engine>, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let nextcloud =
+            nextcloud::NextcloudClient::new(&config.nextcloud_url, config.allow_self_signed)
+                .map_err(Error::HttpClient)?;
+        let redis = redis_client(&config.redis)?;
+        let counters = Arc::new(metrics::Counters::default());
+        let (storage_updates, storage_updates_rx) =
+            tokio::sync::mpsc::channel(redis_listener::STORAGE_QUEUE);
+        Ok(Arc::new(Engine {
+            storage_updates,
+            storage_updates_rx: Mutex::new(Some(storage_updates_rx)),
+            registry: registry::Registry::new(counters.clone()),
+            counters,
+            config,
+            runtime,
+            nextcloud,
+            redis,
+            pre_auth: Mutex::new(HashMap::new()),
+            test_cookie: AtomicU32::new(0),
+            signals: broadcast::channel(16).0,
+            sessions: watch::channel(0).0,
+            shutting_down: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            storage_mapping: RwLock::new(Arc::new(NoStorageMapping)),
+        }))
+    }
+
+    /// Starts the Redis listener (reconnects forever, until [`Engine::shutdown`]). Idempotent.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let engine = self.clone();
+        self.runtime.spawn(redis_listener::listen_loop(engine, self.cancel.clone()));
+        if let Some(updates) = self.storage_updates_rx.lock().ok().and_then(|mut rx| rx.take()) {
+            self.runtime.spawn(redis_listener::storage_pipeline(
+                self.clone(),
+                updates,
+                self.cancel.clone(),
+            ));
+        }
+    }
+
+    /// Serves a connection Apache already upgraded (the 101 was sent). `handoff.early_data` are
+    /// bytes the client sent after the request head; they are consumed before the stream.
+    pub fn accept_upgraded<S>(self: &Arc<Self>, stream: S, handoff: Handoff)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let engine = self.clone();
+        let guard = self.session_guard();
+        self.runtime.spawn(async move {
+            let _guard = guard;
+            session::serve_upgraded(engine, stream, handoff).await;
+        });
+    }
+
+    /// Does the HTTP/1.1 WebSocket upgrade itself, then serves the session (engine tests,
+    /// benchmarks). The client IP chain is built from `X-Forwarded-For` / `X-Real-IP` /
+    /// `Forwarded` with [`client_ip_chain`] and `peer` appended.
+    pub fn accept_http<S>(self: &Arc<Self>, stream: S, peer: Option<IpAddr>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let engine = self.clone();
+        let guard = self.session_guard();
+        self.runtime.spawn(async move {
+            let _guard = guard;
+            session::serve_http(engine, stream, peer).await;
+        });
+    }
+
+    /// Sends Close 1001 to every session and stops the Redis listener. Returns when every
+    /// session has ended or after `timing.shutdown_grace`, whichever comes first.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        let _ = self.signals.send(Signal::Shutdown);
+        let mut sessions = self.sessions.subscribe();
+        let done =
+            tokio::time::timeout(self.config.timing.shutdown_grace, sessions.wait_for(|n| *n == 0))
+                .await;
+        if done.is_err() {
+            log::warn!(
+                target: "nextcloud_push::ws",
+                "NCP1030: shutdown grace of {:?} passed with {} sessions still open",
+                self.config.timing.shutdown_grace,
+                *self.sessions.borrow()
+            );
+        }
+    }
+
+    /// A snapshot of this engine's counters (spec §7).
+    pub fn metrics(&self) -> Metrics {
+        let mut metrics = self.counters.snapshot();
+        let mapping = self.storage_mapping.read().map(|m| m.query_count()).unwrap_or(0);
+        metrics.mapping_query_count += mapping;
+        metrics
+    }
+
+    /// The latest `notify_test_cookie` value (0 before the first one), for `/test/cookie`.
+    pub fn test_cookie(&self) -> u32 {
+        self.test_cookie.load(Ordering::SeqCst)
+    }
+
+    /// The configuration this engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Replaces the storage → users mapping used for `notify_storage_update`.
+    pub fn set_storage_mapping(&self, mapping: Arc<dyn StorageMapping>) {
+        if let Ok(mut slot) = self.storage_mapping.write() {
+            *slot = mapping;
+        }
+    }
+
+    /// Delivers a message to every connection of `uid` (what a Redis user event does).
+    pub fn send_to_user(&self, uid: &str, message: PushMessage) {
+        self.registry.send(uid, message);
+    }
+
+    fn session_guard(self: &Arc<Self>) -> SessionGuard {
+        self.sessions.send_modify(|n| *n += 1);
+        SessionGuard(self.clone())
+    }
+
+    pub(crate) fn storage_mapping(&self) -> Arc<dyn StorageMapping> {
+        match self.storage_mapping.read() {
+            Ok(mapping) => mapping.clone(),
+            Err(_) => Arc::new(NoStorageMapping),
+        }
+    }
+
+    pub(crate) fn add_pre_auth(&self, token: String, uid: String) {
+        let ttl = self.config.timing.pre_auth_ttl;
+        if let Ok(mut tokens) = self.pre_auth.lock() {
+            // purged here too, so tokens that are never used do not pile up
+            tokens.retain(|_, (_, received)| received.elapsed() < ttl);
+            tokens.insert(token, (uid, Instant::now()));
+        }
+    }
+
+    /// Purges expired tokens, then takes (single use) the token's uid if it is stored.
+    pub(crate) fn take_pre_auth(&self, token: &str) -> Option<String> {
+        let ttl = self.config.timing.pre_auth_ttl;
+        let mut tokens = self.pre_auth.lock().ok()?;
+        tokens.retain(|_, (_, received)| received.elapsed() < ttl);
+        tokens.remove(token).map(|(uid, _)| uid)
+    }
+}
+
+fn redis_client(config: &RedisConfig) -> Result<redis::Client, Error> {
+    let Some(tls) = &config.tls else {
+        return redis::Client::open(config.url.as_str()).map_err(Error::RedisClient);
+    };
+    if tls.accept_invalid_hostname {
+        log::warn!(
+            target: "nextcloud_push::redis",
+            "NCP1007: config.php redis ssl_context verify_peer_name => false is not supported; the Redis server's hostname is verified"
+        );
+    }
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| Error::RedisTlsFile { path: path.clone(), reason: e.to_string() })
+    };
+    let client_tls = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? })
+        }
+        _ => None,
+    };
+    let root_cert = tls.ca_file.as_ref().map(read).transpose()?;
+    redis::Client::build_with_tls(
+        config.url.as_str(),
+        redis::TlsCertificates { client_tls, root_cert },
+    )
+    .map_err(Error::RedisClient)
+}
+
+struct SessionGuard(Arc<Engine>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}

@@ -1,0 +1,196 @@
+//! The Redis pub/sub listener: subscribe to the 11 channels, dispatch events, reconnect forever.
+
+use crate::event::{self, ConfigEvent, Event};
+use crate::message::{PushMessage, UpdatedFiles};
+use crate::user::LogUser;
+use crate::{Engine, Signal};
+use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const TARGET: &str = "nextcloud_push::redis";
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) {
+    let timing = engine.config.timing.clone();
+    let url = crate::config::redact_url(&engine.config.redis.url);
+    let mut backoff = timing.redis_backoff;
+    let mut outage = false;
+    loop {
+        let connect = async {
+            let pubsub = engine.redis.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(&event::CHANNELS[..]).await?;
+            Ok::<_, redis::RedisError>((sink, stream))
+        };
+        let connected = tokio::select! {
+            connected = connect => connected,
+            _ = cancel.cancelled() => return,
+        };
+        match connected {
+            Ok((mut sink, mut stream)) => {
+                if outage {
+                    log::info!(target: TARGET, "NCP1002: Redis at {url} is back, subscribed again");
+                } else {
+                    log::info!(target: TARGET, "NCP1002: subscribed to Redis at {url}");
+                }
+                backoff = timing.redis_backoff;
+                let mut ping = tokio::time::interval_at(
+                    tokio::time::Instant::now() + timing.redis_ping,
+                    timing.redis_ping,
+                );
+                let reason = loop {
+                    tokio::select! {
+                        message = stream.next() => match message {
+                            Some(message) => handle(&engine, message.get_channel_name(), message.get_payload_bytes()),
+                            None => break "connection closed".to_string(),
+                        },
+                        _ = ping.tick() => {
+                            match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => break format!("ping failed: {e}"),
+                                Err(_) => break "ping timed out".to_string(),
+                            }
+                        }
+                        _ = cancel.cancelled() => return,
+                    }
+                };
+                log::warn!(
+                    target: TARGET,
+                    "NCP1001: Redis server at {url} disconnected ({reason}), reconnecting in {}s; events published meanwhile are lost",
+                    backoff.as_secs_f32()
+                );
+                outage = true;
+            }
+            Err(e) => {
+                if outage {
+                    log::debug!(target: TARGET, "Redis at {url} still unreachable: {e}");
+                } else {
+                    log::warn!(
+                        target: TARGET,
+                        "NCP1001: cannot connect to Redis at {url}: {e}; retrying with backoff (WebSocket sessions stay open)"
+                    );
+                    outage = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = cancel.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(timing.redis_backoff_max);
+    }
+}
+
+pub(crate) struct StorageUpdate {
+    storage: u32,
+    path: String,
+    file_id: u64,
+}
+
+/// Pending storage updates before new ones are dropped.
+pub(crate) const STORAGE_QUEUE: usize = 4096;
+/// Mapping lookups running at the same time.
+const STORAGE_CONCURRENCY: usize = 32;
+
+/// Resolves storage updates to users with up to [`STORAGE_CONCURRENCY`] lookups in flight, but
+/// delivers in publication order, so the ids of one upload (file, then its ancestors) keep
+/// their order in `notify_file_id`.
+pub(crate) async fn storage_pipeline(
+    engine: Arc<Engine>,
+    updates: tokio::sync::mpsc::Receiver<StorageUpdate>,
+    cancel: CancellationToken,
+) {
+    let resolved = tokio_stream_from(updates)
+        .map(|update| {
+            let mapping = engine.storage_mapping();
+            async move {
+                let users = mapping.users_for_path(update.storage, &update.path).await;
+                (users, update.file_id)
+            }
+        })
+        .buffered(STORAGE_CONCURRENCY);
+    tokio::pin!(resolved);
+    loop {
+        tokio::select! {
+            next = resolved.next() => match next {
+                Some((users, file_id)) => {
+                    for user in users {
+                        engine.registry.send(&user, PushMessage::File(UpdatedFiles::Known(vec![file_id])));
+                    }
+                }
+                None => return,
+            },
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn tokio_stream_from<T>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// Handles one pub/sub message. Bad payloads are logged once and dropped.
+pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
+    engine.counters.events_received.fetch_add(1, Ordering::Relaxed);
+    let event = match event::parse(channel, payload) {
+        Ok(Some(event)) => event,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!(target: TARGET, "NCP1003: dropping invalid message on {channel}: {e}");
+            return;
+        }
+    };
+    match event {
+        Event::User { user, message } => {
+            log::debug!(target: TARGET, "{channel} for {}", LogUser(&user));
+            engine.registry.send(&user, message);
+        }
+        Event::StorageUpdate { storage, path, file_id } => {
+            if engine.storage_updates.try_send(StorageUpdate { storage, path, file_id }).is_err() {
+                log::warn!(target: TARGET, "NCP1006: storage update queue full, dropping an update of storage {storage}");
+            }
+        }
+        Event::PreAuth { user, token } => {
+            log::debug!(target: TARGET, "pre-auth token for {}", LogUser(&user));
+            engine.add_pre_auth(token, user);
+        }
+        Event::TestCookie(cookie) => engine.test_cookie.store(cookie, Ordering::SeqCst),
+        Event::Config(ConfigEvent::LogSpec(spec)) => {
+            log::info!(target: TARGET, "received log spec {spec:?} (runtime log levels are not supported yet)")
+        }
+        Event::Config(ConfigEvent::Restore) => log::info!(target: TARGET, "received log_restore"),
+        Event::Query(query) if query == "metrics" => {
+            let engine = engine.clone();
+            engine.runtime.clone().spawn(async move {
+                let json = engine.metrics().to_json();
+                let result = async {
+                    let mut connection = engine.redis.get_multiplexed_async_connection().await?;
+                    redis::cmd("SET")
+                        .arg("notify_push_metrics")
+                        .arg(json)
+                        .query_async::<()>(&mut connection)
+                        .await
+                }
+                .await;
+                if let Err(e) = result {
+                    log::warn!(target: TARGET, "NCP1004: cannot write notify_push_metrics: {e}");
+                }
+            });
+        }
+        Event::Query(query) => {
+            log::warn!(target: TARGET, "NCP1005: unknown notify_query {query:?} ignored")
+        }
+        Event::Signal(signal) if signal == "reset" => {
+            log::info!(target: TARGET, "reset signal received, closing every connection");
+            let _ = engine.signals.send(Signal::Reset);
+        }
+        Event::Signal(signal) => {
+            log::warn!(target: TARGET, "NCP1005: unknown notify_signal {signal:?} ignored")
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! One WebSocket session: login (spec §1.3), then fan-out, debounce and keepalive (§1.5–§1.8).
+
+use crate::error::AuthError;
+use crate::message::{debounce_time, PushMessage, SendQueue};
+use crate::user::LogUser;
+use crate::{Engine, Handoff, Signal};
+use futures_util::{SinkExt, StreamExt};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+const WS: &str = "nextcloud_push::ws";
+const AUTH: &str = "nextcloud_push::auth";
+
+/// Incoming messages and frames are capped at 4 KiB. tokio-tungstenite 0.28 cannot change the
+/// limit after the handshake, so it holds for the whole session; clients only ever send
+/// credentials, `listen …` lines and control frames.
+const MAX_INCOMING: usize = 4096;
+
+/// How long a dropped connection waits for the client's FIN after ours, so unread client bytes
+/// do not turn our close into a RST that could destroy the last text frame.
+const LINGER: Duration = Duration::from_secs(1);
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_INCOMING))
+        .max_frame_size(Some(MAX_INCOMING))
+}
+
+pub(crate) async fn serve_upgraded<S>(engine: Arc<Engine>, stream: S, handoff: Handoff)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        handoff.early_data,
+        Role::Server,
+        Some(ws_config()),
+    )
+    .await;
+    run(engine, ws, handoff.forwarded_for).await;
+}
+
+pub(crate) async fn serve_http<S>(engine: Arc<Engine>, mut stream: S, peer: Option<IpAddr>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = engine.config.timing.auth_timeout;
+    match tokio::time::timeout(timeout, crate::handshake::upgrade(&mut stream, peer)).await {
+        Ok(Ok(upgraded)) => {
+            let handoff =
+                Handoff { early_data: upgraded.early_data, forwarded_for: upgraded.chain };
+            serve_upgraded(engine, stream, handoff).await;
+        }
+        Ok(Err(e)) => log::debug!(target: WS, "WebSocket upgrade failed: {e}"),
+        Err(_) => log::debug!(target: WS, "WebSocket upgrade timed out"),
+    }
+}
+
+enum Login {
+    Ok(String),
+    Failed(AuthError),
+    Disconnected,
+}
+
+/// Reads one auth frame: text (trimmed) or an invalid-message failure.
+async fn read_credential<S>(ws: &mut WebSocketStream<S>) -> Result<String, Login>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match ws.next().await {
+        Some(Ok(Message::Text(text))) => Ok(text.as_str().trim().to_string()),
+        Some(Ok(_)) => Err(Login::Failed(AuthError::InvalidMessage)),
+        Some(Err(e)) => {
+            log::debug!(target: AUTH, "connection lost during login: {e}");
+            Err(Login::Disconnected)
+        }
+        None => Err(Login::Disconnected),
+    }
+}
+
+async fn login<S>(engine: &Engine, ws: &mut WebSocketStream<S>, chain: &[IpAddr]) -> Login
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let username = match read_credential(ws).await {
+        Ok(username) => username,
+        Err(outcome) => return outcome,
+    };
+    let password = match read_credential(ws).await {
+        Ok(password) => password,
+        Err(outcome) => return outcome,
+    };
+    if let Some(uid) = engine.take_pre_auth(&password) {
+        log::debug!(target: AUTH, "{} logged in with a pre-auth token", LogUser(&uid));
+        return Login::Ok(uid);
+    }
+    if username.is_empty() {
+        return Login::Failed(AuthError::InvalidCredentials);
+    }
+    match engine.nextcloud.uid(&username, &password, chain).await {
+        Ok(uid) => Login::Ok(uid),
+        Err(AuthError::InvalidCredentials) => Login::Failed(AuthError::InvalidCredentials),
+        Err(e) => {
+            log::warn!(target: AUTH, "NCP1010: login failed: {e:#}");
+            Login::Failed(e)
+        }
+    }
+}
+
+async fn run<S>(engine: Arc<Engine>, mut ws: WebSocketStream<S>, chain: Vec<IpAddr>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut signals = engine.signals.subscribe();
+    let deadline = Instant::now() + engine.config.timing.auth_timeout;
+
+    enum Outcome {
+        Login(Login),
+        Timeout,
+        Shutdown,
+    }
+    let outcome = {
+        let attempt = tokio::time::timeout_at(deadline, login(&engine, &mut ws, &chain));
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                result = &mut attempt => break match result {
+                    Ok(login) => Outcome::Login(login),
+                    Err(_) => Outcome::Timeout,
+                },
+                signal = signals.recv() => match signal {
+                    Ok(Signal::Shutdown) | Err(RecvError::Closed) => break Outcome::Shutdown,
+                    _ => continue,
+                },
+            }
+        }
+    };
+
+    let uid = match outcome {
+        Outcome::Login(Login::Ok(uid)) => uid,
+        Outcome::Login(Login::Disconnected) => return,
+        Outcome::Login(Login::Failed(error)) => {
+            log::debug!(target: AUTH, "login failed: {error}");
+            return fail(ws, error.to_string()).await;
+        }
+        Outcome::Timeout => {
+            log::debug!(target: AUTH, "login timed out");
+            return fail(ws, AuthError::Timeout.to_string()).await;
+        }
+        Outcome::Shutdown => {
+            return close(ws, Some(going_away()), engine.config.timing.shutdown_grace / 2).await
+        }
+    };
+
+    // Registered before `authenticated` goes out, so an event published right after the client
+    // saw `authenticated` is not lost (the incumbent registers after sending, a small race).
+    let registration = engine.registry.register(&uid);
+    if ws.send(Message::text("authenticated")).await.is_err() {
+        return;
+    }
+    let Some(mut registration) = registration else {
+        log::info!(target: AUTH, "NCP1011: connection limit exceeded for {}", LogUser(&uid));
+        return fail(
+            ws,
+            "Error while handling authentication: Connection limit exceeded for user".into(),
+        )
+        .await;
+    };
+    log::debug!(target: WS, "{} connected", LogUser(&uid));
+    Connection::new(&engine, &uid).serve(ws, &mut registration.receiver, signals).await;
+    log::debug!(target: WS, "{} disconnected", LogUser(&uid));
+}
+
+fn going_away() -> CloseFrame {
+    CloseFrame { code: CloseCode::Away, reason: Utf8Bytes::from_static("") }
+}
+
+/// Sends one text frame, then drops the connection without a close frame (the incumbent's
+/// behaviour; the client sees 1006). Our FIN goes out first and the client's bytes are read
+/// until it closes (bounded), so the text is not lost to a RST.
+async fn fail<S>(mut ws: WebSocketStream<S>, text: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = ws.send(Message::text(text)).await;
+    drop_connection(ws).await;
+}
+
+async fn drop_connection<S>(mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = ws.flush().await;
+    let stream = ws.get_mut();
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends a Close frame (`None`: empty payload), waits (bounded) for the client's reply, ends.
+async fn close<S>(mut ws: WebSocketStream<S>, frame: Option<CloseFrame>, wait: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if ws.send(Message::Close(frame)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}
+
+/// State of one authenticated connection.
+struct Connection<'a> {
+    engine: &'a Engine,
+    uid: &'a str,
+    queue: SendQueue,
+    /// Random per connection in [0.5, 1.5): spreads the debounce load.
+    factor: f64,
+    listen_file_id: bool,
+    started: Instant,
+    last_send: Instant,
+    /// Payload of the outstanding ping, if any.
+    expect_pong: Option<[u8; 4]>,
+}
+
+enum Flow {
+    Continue,
+    /// Drop the TCP connection without a close frame.
+    Drop,
+    /// Send this close frame and end.
+    Close(Option<CloseFrame>),
+    /// The connection is over (closed by the client or broken).
+    End,
+}
+
+impl<'a> Connection<'a> {
+    fn new(engine: &'a Engine, uid: &'a str) -> Connection<'a> {
+        let now = Instant::now();
+        Connection {
+            engine,
+            uid,
+            queue: SendQueue::new(now.into_std()),
+            factor: rand::random_range(0.5..1.5),
+            listen_file_id: false,
+            started: now,
+            // so that the first ping goes out on the first tick after `authenticated`
+            last_send: now.checked_sub(engine.config.timing.ping_interval).unwrap_or(now),
+            expect_pong: None,
+        }
+    }
+
+    async fn serve<S>(
+        mut self,
+        mut ws: WebSocketStream<S>,
+        messages: &mut tokio::sync::broadcast::Receiver<PushMessage>,
+        mut signals: tokio::sync::broadcast::Receiver<Signal>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let timing = &self.engine.config.timing;
+        // Starvation fix (spec §1.6, §13 "safe to improve"): the incumbent drains the debounce
+        // slots only after 500 ms without any new message, so a steady stream of events less
+        // than 500 ms apart holds debounced messages back indefinitely. This tick runs every
+        // 500 ms whatever arrives; the 100 ms quiet window and the debounce time still apply.
+        let mut tick = tokio::time::interval_at(self.started + timing.tick, timing.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let flow = loop {
+            let flow = tokio::select! {
+                // Client frames first: a `listen notify_file_id` pipelined behind the login is
+                // then applied before any event queued for the user meanwhile. Signals and the
+                // tick (rarely ready) before messages, so a busy user cannot starve them.
+                biased;
+                incoming = ws.next() => self.on_incoming(incoming),
+                signal = signals.recv() => match signal {
+                    Ok(Signal::Reset) => Flow::Close(None),
+                    Ok(Signal::Shutdown) | Err(RecvError::Closed) => Flow::Close(Some(going_away())),
+                    Err(RecvError::Lagged(_)) => Flow::Continue,
+                },
+                _ = tick.tick() => self.on_tick(&mut ws).await,
+                message = messages.recv() => match message {
+                    Ok(message) => self.on_message(&mut ws, message).await,
+                    Err(RecvError::Lagged(n)) => {
+                        log::debug!(target: WS, "{} lagged, {n} messages dropped", LogUser(self.uid));
+                        Flow::Continue
+                    }
+                    Err(RecvError::Closed) => Flow::End,
+                },
+            };
+            if !matches!(flow, Flow::Continue) {
+                break flow;
+            }
+        };
+        match flow {
+            Flow::Drop => drop_connection(ws).await,
+            // half the shutdown grace, so a silent client cannot hold up Engine::shutdown
+            Flow::Close(frame) => close(ws, frame, timing.shutdown_grace / 2).await,
+            Flow::End => {
+                // flush a pending close echo, if any (bounded)
+                let _ = tokio::time::timeout(LINGER, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            Flow::Continue => {}
+        }
+    }
+
+    fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Flow {
+        match incoming {
+            // exact match, no trimming; every other text is ignored
+            Some(Ok(Message::Text(text))) => {
+                if text.as_str() == "listen notify_file_id" {
+                    self.listen_file_id = true;
+                }
+                Flow::Continue
+            }
+            // answered by tungstenite with the same payload
+            Some(Ok(Message::Ping(_))) => Flow::Continue,
+            Some(Ok(Message::Pong(payload))) => {
+                if self.expect_pong.is_some_and(|expected| payload.as_ref() == expected) {
+                    self.expect_pong = None;
+                    Flow::Continue
+                } else {
+                    log::info!(target: WS, "NCP1021: unexpected pong from {}, dropping the connection", LogUser(self.uid));
+                    Flow::Drop
+                }
+            }
+            // tungstenite queued the echo (same code and reason); it goes out on the next read
+            Some(Ok(Message::Close(_))) => Flow::End,
+            Some(Ok(_)) => Flow::Continue,
+            Some(Err(e)) => {
+                use tokio_tungstenite::tungstenite::Error as E;
+                match e {
+                    E::ConnectionClosed | E::AlreadyClosed | E::Protocol(_) | E::Io(_) => {
+                        log::debug!(target: WS, "connection of {} ended: {e}", LogUser(self.uid))
+                    }
+                    e => {
+                        log::warn!(target: WS, "NCP1020: WebSocket error on a connection of {}: {e}", LogUser(self.uid))
+                    }
+                }
+                Flow::End
+            }
+            None => Flow::End,
+        }
+    }
+
+    async fn on_message<S>(&mut self, ws: &mut WebSocketStream<S>, message: PushMessage) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let now = Instant::now();
+        let immediate = if self.engine.config.debounce {
+            self.queue.push(message, now.into_std())
+        } else {
+            Some(message)
+        };
+        match immediate {
+            Some(message) => self.send(ws, [message]).await,
+            None => Flow::Continue,
+        }
+    }
+
+    async fn on_tick<S>(&mut self, ws: &mut WebSocketStream<S>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let now = Instant::now();
+        let config = &self.engine.config;
+        if config.max_connection_time > 0
+            && now.duration_since(self.started) > Duration::from_secs(config.max_connection_time)
+        {
+            return Flow::Close(None);
+        }
+        if !self.queue.is_empty() {
+            let active = self.engine.counters.active_connections.load(Ordering::Relaxed);
+            let debounce = debounce_time(active, config.max_debounce_time, self.factor);
+            let due = self.queue.drain(now.into_std(), debounce);
+            if !due.is_empty() {
+                if let flow @ (Flow::Drop | Flow::End | Flow::Close(_)) = self.send(ws, due).await {
+                    return flow;
+                }
+            }
+        }
+        if now.duration_since(self.last_send) > config.timing.ping_interval {
+            if self.expect_pong.is_some() {
+                log::info!(target: WS, "NCP1021: {} did not answer a ping, dropping the connection", LogUser(self.uid));
+                return Flow::Drop;
+            }
+            let mut value: u32 = 0;
+            while value == 0 {
+                value = rand::random();
+            }
+            let payload = value.to_le_bytes();
+            self.expect_pong = Some(payload);
+            self.last_send = now;
+            if ws.send(Message::Ping(payload.to_vec().into())).await.is_err() {
+                return Flow::End;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn send<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        messages: impl IntoIterator<Item = PushMessage>,
+    ) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let counters = &self.engine.counters;
+        for message in messages {
+            let counter = match message {
+                PushMessage::File(_) => &counters.sent_file,
+                PushMessage::Activity => &counters.sent_activity,
+                PushMessage::Notification => &counters.sent_notification,
+                PushMessage::Custom(_) => &counters.sent_custom,
+            };
+            if ws.feed(Message::Text(message.to_text(self.listen_file_id))).await.is_err() {
+                return Flow::End;
+            }
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_send = Instant::now();
+        if ws.flush().await.is_err() {
+            return Flow::End;
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,30 @@
+//! Storage → users mapping for `notify_storage_update` (spec §3). The database-backed mapping is
+//! a later piece of work; it plugs in through [`StorageMapping`] via
+//! [`crate::Engine::set_storage_mapping`].
+
+use futures_util::future::BoxFuture;
+
+/// Which users see a change at `path` in storage `storage`.
+pub trait StorageMapping: Send + Sync + 'static {
+    /// Users (uids) to send a File message to. Duplicates are allowed (they merge per connection).
+    fn users_for_path<'a>(&'a self, storage: u32, path: &'a str) -> BoxFuture<'a, Vec<String>>;
+
+    /// Number of mapping queries executed so far (cache misses), for the metrics.
+    fn query_count(&self) -> u64 {
+        0
+    }
+}
+
+/// The default mapping: no database, so no users. Logs at debug.
+#[derive(Debug, Default)]
+pub struct NoStorageMapping;
+
+impl StorageMapping for NoStorageMapping {
+    fn users_for_path<'a>(&'a self, storage: u32, path: &'a str) -> BoxFuture<'a, Vec<String>> {
+        log::debug!(
+            target: "nextcloud_push::redis",
+            "storage update for storage {storage} path {path:?} ignored: no storage mapping configured"
+        );
+        Box::pin(std::future::ready(Vec::new()))
+    }
+}

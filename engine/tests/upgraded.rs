@@ -1,0 +1,96 @@
+//! `accept_upgraded`: the path the Apache glue uses. The "Apache" here is the test itself: it
+//! reads the request head (and, in the same read, pipelined frames), answers 101, and hands the
+//! stream plus the early bytes and the IP chain to the engine.
+
+mod common;
+
+use common::{FRAME, USERS};
+use nextcloud_push_engine::{Engine, EngineConfig, Handoff};
+use std::time::Duration;
+use testkit::nextcloud::NextcloudDouble;
+use testkit::redis::RedisServer;
+use testkit::require;
+use testkit::ws::RawWs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_is_consumed_before_the_stream() {
+    let redis = require!(RedisServer::start());
+    let nextcloud = NextcloudDouble::start(USERS);
+    let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+    let engine = Engine::new(config).unwrap();
+    engine.start();
+    assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let apache_engine = engine.clone();
+    let apache = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // read until the head is complete; whatever follows is early data
+        let head_end = loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buffer.extend_from_slice(&chunk[..n]);
+            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+        };
+        let early_data = buffer.split_off(head_end);
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let early_len = early_data.len();
+        let forwarded_for =
+            vec!["198.51.100.9".parse().unwrap(), "::ffff:127.0.0.1".parse().unwrap()];
+        apache_engine.accept_upgraded(stream, Handoff { early_data, forwarded_for });
+        early_len
+    });
+
+    let mut raw = RawWs::connect(
+        &addr.to_string(),
+        "/push/ws",
+        &[],
+        &["foo", "bar", "listen notify_file_id"],
+    )
+    .await;
+    let early_len = apache.await.unwrap();
+    assert!(early_len > 0, "the login frames should have arrived with the head");
+    assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
+    let requests = nextcloud.requests_to(testkit::nextcloud::UID_PATH);
+    assert_eq!(requests[0].header("x-forwarded-for"), Some("198.51.100.9, ::ffff:127.0.0.1"));
+
+    engine.send_to_user(
+        "foo",
+        nextcloud_push_engine::PushMessage::File(nextcloud_push_engine::UpdatedFiles::Known(vec![
+            7,
+        ])),
+    );
+    assert_eq!(raw.next_text(FRAME).await, Ok("notify_file_id [7]".into()));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_new_needs_a_runtime() {
+    let config = EngineConfig::load(
+        None,
+        &nextcloud_push_engine::Overrides {
+            nextcloud_url: Some("http://127.0.0.1/".into()),
+            redis_url: Some("redis://127.0.0.1/".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let outside =
+        std::thread::spawn(move || Engine::new(config).map(|_| ()).map_err(|e| e.to_string()));
+    assert_eq!(
+        outside.join().unwrap(),
+        Err("Engine::new must be called inside a tokio runtime".to_string())
+    );
+}
