@@ -296,13 +296,10 @@ fn validate_redis_url(url: &str) -> Result<(), String> {
 }
 
 fn validate_database_url(url: &str) -> Result<(), String> {
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-    match scheme {
-        "mysql" | "mariadb" | "postgres" | "postgresql" | "sqlite" => Ok(()),
-        _ => {
-            Err("scheme must be mysql://, mariadb://, postgres://, postgresql:// or sqlite://"
-                .into())
-        }
+    match crate::db::DbConfig::from_url(url, "oc_") {
+        Ok(_) => Ok(()),
+        Err(crate::db::DatabaseError::InvalidUrl { reason, .. }) => Err(reason),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -327,11 +324,21 @@ fn read_config_php(path: &Path, overrides: &Overrides) -> Result<FromPhp, Config
     let mut injected: Vec<(&str, &str)> = Vec::new();
     let mut url_injected = false;
     loop {
-        let parsed = if injected.is_empty() {
-            ncp::parse(path)
-        } else {
-            parse_with_injected(path, &text, &injected)
-        };
+        // nextcloud-config-parser panics on some inputs (an incomplete `pgsql_ssl` array);
+        // a bad config.php must refuse startup with a message, never take Apache down.
+        let parsed = std::panic::catch_unwind(|| {
+            if injected.is_empty() {
+                ncp::parse(path)
+            } else {
+                parse_with_injected(path, &text, &injected)
+            }
+        })
+        .map_err(|_| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: "the config.php parser failed on this file (an incomplete 'pgsql_ssl' \
+                     array is a known cause)"
+                .into(),
+        })?;
         match parsed {
             Ok(config) => {
                 let redis_source =
@@ -340,7 +347,7 @@ fn read_config_php(path: &Path, overrides: &Overrides) -> Result<FromPhp, Config
                 let database = if injected.iter().any(|(k, _)| *k == "dbtype") {
                     Err(String::new())
                 } else {
-                    Ok(config.database.url())
+                    Ok(crate::db::database_url(&config.database))
                 };
                 return Ok(FromPhp {
                     path: path.to_path_buf(),

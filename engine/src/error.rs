@@ -12,6 +12,10 @@
 //! | `NCP1005` | warn | `nextcloud_push::redis` | unknown `notify_signal` / `notify_query` value |
 //! | `NCP1006` | warn | `nextcloud_push::redis` | storage update queue full, update dropped |
 //! | `NCP1007` | warn | `nextcloud_push::redis` | config.php `verify_peer_name => false` is not supported |
+//! | `NCP1008` | warn | `nextcloud_push::selftest` | a `notify_config` log spec that names no level for the push server; ignored |
+//! | `NCP1009` | info | `nextcloud_push::selftest` | log level changed or restored by `notify_config` (`occ notify_push:log`) |
+//! | `NCP1013` | warn | `nextcloud_push::selftest` | `POST /test/version` could not learn the app version from Nextcloud; the module's own version is reported |
+//! | `NCP1014` | warn | `nextcloud_push::selftest` | `POST /test/version` could not write `notify_push_version` (answered `error`) |
 //! | `NCP1010` | warn | `nextcloud_push::auth` | Nextcloud unreachable or answered an error status during a login |
 //! | `NCP1011` | info | `nextcloud_push::auth` | per-user connection limit exceeded |
 //! | `NCP1020` | warn | `nextcloud_push::ws` | unexpected WebSocket error on an authenticated session |
@@ -60,6 +64,8 @@ pub enum Error {
     HttpClient(#[source] reqwest::Error),
     #[error("cannot build the Redis client: {0}")]
     RedisClient(#[source] redis::RedisError),
+    #[error("database: {0}")]
+    Database(#[from] crate::db::DatabaseError),
     #[error("cannot read the Redis TLS file {path}: {reason}")]
     RedisTlsFile { path: PathBuf, reason: String },
 }

@@ -20,9 +20,11 @@ mod metrics;
 mod nextcloud;
 mod redis_listener;
 mod registry;
+mod selftest;
 mod session;
 mod storage;
 mod user;
+pub mod vouch;
 
 pub use config::{EngineConfig, Overrides, RedisConfig, RedisTls, Timing};
 pub use error::{ConfigError, Error};
@@ -30,6 +32,8 @@ pub use event::CHANNELS;
 pub use ip::client_ip_chain;
 pub use message::{debounce_time, PushMessage, SendQueue, UpdatedFiles};
 pub use metrics::Metrics;
+pub use nextcloud::NextcloudRoute;
+pub use selftest::TestResponse;
 pub use storage::{NoStorageMapping, StorageMapping};
 
 use std::collections::HashMap;
@@ -49,6 +53,10 @@ pub struct Handoff {
     pub early_data: Vec<u8>,
     /// The client IP chain (see [`client_ip_chain`]), forwarded to Nextcloud at login.
     pub forwarded_for: Vec<IpAddr>,
+    /// This session's keepalive ping interval, when it must be shorter than
+    /// `timing.ping_interval` (a TLS session bridged by an Apache worker is cut after Apache's
+    /// `Timeout` of silence). `None`: `timing.ping_interval`; a longer value is ignored.
+    pub ping_interval: Option<std::time::Duration>,
 }
 
 /// Engine-wide signals to every session.
@@ -83,6 +91,8 @@ pub struct Engine {
     /// `redis_listener::storage_pipeline`), taken by [`Engine::start`].
     storage_updates: tokio::sync::mpsc::Sender<redis_listener::StorageUpdate>,
     storage_updates_rx: Mutex<Option<tokio::sync::mpsc::Receiver<redis_listener::StorageUpdate>>>,
+    /// Self-test support: pub/sub round trips, runtime log level (engine/src/selftest.rs).
+    selftest: selftest::State,
 }
 
 impl std::fmt::Debug for Engine {
@@ -95,12 +105,27 @@ impl Engine {
     /// Builds an engine. Must be called inside a tokio runtime (the engine spawns its tasks on
     /// it, also when `accept_*` is called from a thread outside the runtime).
     pub fn new(config: EngineConfig) -> Result<Arc<Engine>, Error> {
+        Engine::with_route(config, NextcloudRoute::default())
+    }
+
+    /// [`Engine::new`] with the way to reach Nextcloud: through the vhost's own address and with
+    /// the client-IP vouching key (the daemon passes both; see [`vouch`]).
+    pub fn with_route(config: EngineConfig, route: NextcloudRoute) -> Result<Arc<Engine>, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let nextcloud =
-            nextcloud::NextcloudClient::new(&config.nextcloud_url, config.allow_self_signed)
-                .map_err(Error::HttpClient)?;
+        let nextcloud = nextcloud::NextcloudClient::with_route(
+            &config.nextcloud_url,
+            config.allow_self_signed,
+            &route,
+        )
+        .map_err(Error::HttpClient)?;
         let redis = redis_client(&config.redis)?;
         let counters = Arc::new(metrics::Counters::default());
+        // The database is optional at start: the pool connects lazily and retries (db module).
+        let storage_mapping: Arc<dyn StorageMapping> = match &config.database_url {
+            Some(url) => db::DbStorageMapping::from_url(url, &config.table_prefix, db::MappingOptions::default())
+                .map_err(Error::Database)?,
+            None => Arc::new(NoStorageMapping),
+        };
         let (storage_updates, storage_updates_rx) =
             tokio::sync::mpsc::channel(redis_listener::STORAGE_QUEUE);
         Ok(Arc::new(Engine {
@@ -119,7 +144,8 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             started: AtomicBool::new(false),
             cancel: CancellationToken::new(),
-            storage_mapping: RwLock::new(Arc::new(NoStorageMapping)),
+            storage_mapping: RwLock::new(storage_mapping),
+            selftest: selftest::State::default(),
         }))
     }
 

@@ -44,6 +44,61 @@ impl Metrics {
             self.messages_sent_custom,
         )
     }
+
+    /// The same samples as [`Metrics::to_prometheus`], each family preceded by `# HELP` and
+    /// `# TYPE` lines: the body of `<base>/metrics` (Prometheus text exposition format 0.0.4).
+    pub fn to_prometheus_with_help(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        family(
+            "active_connection_count",
+            "gauge",
+            "Authenticated WebSocket connections.",
+            &[("", self.active_connection_count)],
+        );
+        family(
+            "active_user_count",
+            "gauge",
+            "Distinct users with at least one connection.",
+            &[("", self.active_user_count)],
+        );
+        family(
+            "total_connection_count",
+            "counter",
+            "Connections authenticated since the push daemon started.",
+            &[("", self.total_connection_count)],
+        );
+        family(
+            "mapping_query_count",
+            "counter",
+            "Storage mapping database queries (cache misses).",
+            &[("", self.mapping_query_count)],
+        );
+        family(
+            "event_count_total",
+            "counter",
+            "Redis pub/sub messages received, including unparseable ones.",
+            &[("", self.events_received)],
+        );
+        family(
+            "message_count_total",
+            "counter",
+            "Messages sent to clients, in total and per type.",
+            &[
+                ("", self.messages_sent),
+                ("{type=\"file\"}", self.messages_sent_file),
+                ("{type=\"notification\"}", self.messages_sent_notification),
+                ("{type=\"activity\"}", self.messages_sent_activity),
+                ("{type=\"custom\"}", self.messages_sent_custom),
+            ],
+        );
+        out
+    }
 }
 
 #[derive(Default)]
@@ -95,5 +150,11 @@ mod tests {
              \"messages_sent_activity\":0,\"messages_sent_notification\":0,\"messages_sent_custom\":0}"
         );
         assert_eq!(m.to_prometheus().lines().count(), 10);
+        let documented = m.to_prometheus_with_help();
+        let samples: Vec<&str> = documented.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples, m.to_prometheus().lines().collect::<Vec<_>>());
+        assert_eq!(documented.lines().filter(|l| l.starts_with("# HELP ")).count(), 6);
+        assert!(documented.contains("# TYPE active_connection_count gauge\n"));
+        assert!(documented.contains("# TYPE message_count_total counter\n"));
     }
 }

@@ -4,7 +4,7 @@ use crate::event::{self, ConfigEvent, Event};
 use crate::message::{PushMessage, UpdatedFiles};
 use crate::user::LogUser;
 use crate::{Engine, Signal};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,8 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
     let url = crate::config::redact_url(&engine.config.redis.url);
     let mut backoff = timing.redis_backoff;
     let mut outage = false;
+    // Pub/sub round trips for `/test/cookie` (engine/src/selftest.rs); only this loop serves them.
+    let mut syncs = engine.selftest.sync_rx.lock().await;
     loop {
         let connect = async {
             let pubsub = engine.redis.get_async_pubsub().await?;
@@ -53,6 +55,20 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                                 Ok(Err(e)) => break format!("ping failed: {e}"),
                                 Err(_) => break "ping timed out".to_string(),
                             }
+                        }
+                        Some(done) = syncs.recv() => {
+                            // Redis answers the PING after every message published before it,
+                            // and redis-rs queues those messages for `stream` before it completes
+                            // the PING: handle them, then report the round trip done.
+                            match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => break format!("ping failed: {e}"),
+                                Err(_) => break "ping timed out".to_string(),
+                            }
+                            while let Some(Some(message)) = stream.next().now_or_never() {
+                                handle(&engine, message.get_channel_name(), message.get_payload_bytes());
+                            }
+                            let _ = done.send(());
                         }
                         _ = cancel.cancelled() => return,
                     }
@@ -147,6 +163,10 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
     };
     match event {
         Event::User { user, message } => {
+            if matches!(message, PushMessage::File(_)) {
+                // notify_user_share_created / notify_group_membership_update: a new mount may exist
+                engine.storage_mapping().user_access_changed(&user);
+            }
             log::debug!(target: TARGET, "{channel} for {}", LogUser(&user));
             engine.registry.send(&user, message);
         }
@@ -160,10 +180,8 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
             engine.add_pre_auth(token, user);
         }
         Event::TestCookie(cookie) => engine.test_cookie.store(cookie, Ordering::SeqCst),
-        Event::Config(ConfigEvent::LogSpec(spec)) => {
-            log::info!(target: TARGET, "received log spec {spec:?} (runtime log levels are not supported yet)")
-        }
-        Event::Config(ConfigEvent::Restore) => log::info!(target: TARGET, "received log_restore"),
+        Event::Config(ConfigEvent::LogSpec(spec)) => engine.apply_log_spec(&spec),
+        Event::Config(ConfigEvent::Restore) => engine.restore_log_level(),
         Event::Query(query) if query == "metrics" => {
             let engine = engine.clone();
             engine.runtime.clone().spawn(async move {

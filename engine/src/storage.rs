@@ -13,6 +13,16 @@ pub trait StorageMapping: Send + Sync + 'static {
     fn query_count(&self) -> u64 {
         0
     }
+
+    /// `notify_user_share_created` / `notify_group_membership_update` for `uid`: the user may now
+    /// see storages the mapping does not list them for yet. Default: nothing cached, nothing to do.
+    fn user_access_changed(&self, _uid: &str) {}
+
+    /// `/test/mapping/<storage>` (spec §5): the number of mount rows of `storage` whose root
+    /// path is `''`; `0` when unknown (no database, database error).
+    fn root_count(&self, _storage: u32) -> BoxFuture<'_, u64> {
+        Box::pin(std::future::ready(0))
+    }
 }
 
 /// The default mapping: no database, so no users. Logs at debug.

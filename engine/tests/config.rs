@@ -292,3 +292,16 @@ fn fingerprint_is_stable_and_tracks_every_field() {
     // no secret in the fingerprint
     assert!(!a.fingerprint().contains("s3cret"));
 }
+
+/// The parser panics on a `pgsql_ssl` array that lacks one of its keys; `load` must turn that
+/// into a configuration error (Apache refuses to start with a message) instead of a panic.
+#[test]
+fn partial_pgsql_ssl_is_an_error_not_a_panic() {
+    let fixture = config_php(
+        "  'overwrite.cli.url' => 'https://x', 'dbtype' => 'pgsql', 'dbhost' => 'db', \
+         'dbuser' => 'a', 'dbpassword' => 'b', 'pgsql_ssl' => array ('mode' => 'require'),",
+    );
+    let err = EngineConfig::load(Some(&fixture.path), &Overrides::default()).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    assert!(err.to_string().contains("pgsql_ssl"), "{err}");
+}

@@ -49,7 +49,8 @@ async fn early_data_is_consumed_before_the_stream() {
         let early_len = early_data.len();
         let forwarded_for =
             vec!["198.51.100.9".parse().unwrap(), "::ffff:127.0.0.1".parse().unwrap()];
-        apache_engine.accept_upgraded(stream, Handoff { early_data, forwarded_for });
+        apache_engine
+            .accept_upgraded(stream, Handoff { early_data, forwarded_for, ..Default::default() });
         early_len
     });
 
@@ -93,4 +94,87 @@ async fn engine_new_needs_a_runtime() {
         outside.join().unwrap(),
         Err("Engine::new must be called inside a tokio runtime".to_string())
     );
+}
+
+/// Plays Apache for one connection: reads the head, answers 101, hands the stream over with
+/// `ping_interval`.
+async fn serve_one_upgrade(
+    engine: std::sync::Arc<Engine>,
+    ping_interval: Option<Duration>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buffer.extend_from_slice(&chunk[..n]);
+            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+        };
+        let early_data = buffer.split_off(head_end);
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        engine
+            .accept_upgraded(stream, Handoff { early_data, forwarded_for: vec![], ping_interval });
+    });
+    addr
+}
+
+/// Reads frames until a ping; returns how long that took.
+async fn time_to_ping(raw: &mut RawWs, timeout: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let frame = raw.read_frame(timeout).await.expect("expected a ping");
+        if frame.opcode == testkit::ws::opcode::PING {
+            raw.send_frame(testkit::ws::opcode::PONG, &frame.payload).await;
+            return start.elapsed();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_can_shorten_the_ping_interval_of_its_session_only() {
+    let redis = require!(RedisServer::start());
+    let nextcloud = NextcloudDouble::start(USERS);
+    let mut config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+    config.timing.ping_interval = Duration::from_secs(2);
+    let engine = Engine::new(config).unwrap();
+    engine.start();
+
+    // The bridged-TLS case: this session pings every ~600 ms, although the engine says 2 s.
+    let addr = serve_one_upgrade(engine.clone(), Some(Duration::from_millis(600))).await;
+    let mut short = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
+    assert_eq!(short.next_text(FRAME).await, Ok("authenticated".into()));
+    let _first = time_to_ping(&mut short, FRAME).await;
+    for _ in 0..2 {
+        let gap = time_to_ping(&mut short, FRAME).await;
+        assert!(
+            gap >= Duration::from_millis(500) && gap < Duration::from_millis(1600),
+            "ping gap {gap:?} with a 600 ms session interval"
+        );
+    }
+
+    // A longer interval than the engine's is ignored; `None` is the engine's.
+    for ping_interval in [Some(Duration::from_secs(60)), None] {
+        let addr = serve_one_upgrade(engine.clone(), ping_interval).await;
+        let mut raw = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
+        assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
+        let _first = time_to_ping(&mut raw, Duration::from_secs(10)).await;
+        let gap = time_to_ping(&mut raw, Duration::from_secs(10)).await;
+        assert!(
+            gap >= Duration::from_millis(1900) && gap < Duration::from_millis(3200),
+            "ping gap {gap:?} for {ping_interval:?} with a 2 s engine interval"
+        );
+    }
+    engine.shutdown().await;
 }

@@ -737,6 +737,14 @@ impl StorageMapping for DbStorageMapping {
     fn query_count(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
     }
+
+    fn root_count(&self, storage: u32) -> BoxFuture<'_, u64> {
+        Box::pin(self.mapping_root_count(storage))
+    }
+
+    fn user_access_changed(&self, uid: &str) {
+        DbStorageMapping::user_access_changed(self, uid);
+    }
 }
 
 #[cfg(test)]
