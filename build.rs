@@ -99,6 +99,10 @@ const FUNCTIONS: &[&str] = &[
     "ap_rwrite",
     "ap_set_content_type",
     "ap_set_content_length",
+    "ap_remove_(input|output)_filter_byhandle",
+    "ap_hook_child_stopping",
+    "ap_fflush",
+    "apr_brigade_write",
     "apr_pool_cleanup_(register|kill|null)",
     "apr_pool_userdata_(get|set)",
     "apr_pstrmemdup",
@@ -109,6 +113,11 @@ const FUNCTIONS: &[&str] = &[
     "apr_os_file_get",
     "apr_proc_other_child_(register|unregister)",
     "apr_time_now",
+    // issue #4: the client-IP vouching hook and the vhost's own address
+    "ap_hook_post_read_request",
+    "apr_table_unset",
+    "apr_sockaddr_info_get",
+    "apr_sockaddr_ip_get",
 ];
 
 const TYPES: &[&str] = &[
@@ -125,6 +134,8 @@ const TYPES: &[&str] = &[
     "ap_input_mode_t",
     "apr_read_type_e",
     "ap_conn_keepalive_e",
+    "server_addr_rec",
+    "ap_listen_rec",
 ];
 
 const VARS: &[&str] = &[
@@ -140,7 +151,7 @@ const VARS: &[&str] = &[
     "APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG|TRACE1|TRACE8|LEVELMASK)",
     "APR_HOOK_(REALLY_FIRST|FIRST|MIDDLE|LAST)",
     "AP_SQ_(MAIN_STATE|MS_CREATE_PRE_CONFIG|MS_EXITING)",
-    "AP_MPMQ_(MPM_STATE|STOPPING)",
+    "AP_MPMQ_(MPM_STATE|STOPPING|MAX_DAEMONS|MAX_THREADS)",
     "APR_OC_REASON_(DEATH|UNWRITABLE|RESTART|UNREGISTER|LOST|RUNNING)",
     "AP_CTIME_OPTION_USEC",
     "APR_EAGAIN",
@@ -148,6 +159,9 @@ const VARS: &[&str] = &[
     "APR_CTIME_LEN",
     "ap_unixd_config",
     "ap_server_conf",
+    "ap_pid_fname",
+    "ap_listeners",
+    "APR_IPV4_ADDR_OK",
 ];
 
 fn httpd_include_dir() -> Result<PathBuf, String> {

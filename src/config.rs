@@ -32,16 +32,23 @@ pub enum Directive {
     MaxConnectionTime,
     Debounce,
     Socket,
+    /// `NextcloudPushLoopback On|Off` (issue #4): reach Nextcloud through this vhost over
+    /// loopback and vouch for the client address.
+    Loopback,
+    /// `NextcloudPushMetrics On|Off` (issue #4): serve `<path>/metrics`.
+    Metrics,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 11] = [
+    pub const ALL: [Directive; 13] = [
         Directive::AllowSelfSigned,
         Directive::Config,
         Directive::Database,
         Directive::Debounce,
+        Directive::Loopback,
         Directive::MaxConnectionTime,
         Directive::MaxDebounceTime,
+        Directive::Metrics,
         Directive::NextcloudUrl,
         Directive::Path,
         Directive::Redis,
@@ -66,12 +73,20 @@ impl Directive {
             Directive::MaxConnectionTime => "NextcloudPushMaxConnectionTime",
             Directive::Debounce => "NextcloudPushDebounce",
             Directive::Socket => "NextcloudPushSocket",
+            Directive::Loopback => "NextcloudPushLoopback",
+            Directive::Metrics => "NextcloudPushMetrics",
         }
     }
 
     /// `On|Off` directives (httpd's FLAG type); every other directive takes one argument.
     pub const fn is_flag(self) -> bool {
-        matches!(self, Directive::AllowSelfSigned | Directive::Debounce)
+        matches!(
+            self,
+            Directive::AllowSelfSigned
+                | Directive::Debounce
+                | Directive::Loopback
+                | Directive::Metrics
+        )
     }
 
     /// Directives that may only appear outside `<VirtualHost>`.
@@ -105,6 +120,13 @@ pub struct ServerConfig {
     pub engine_fingerprint: Option<String>,
     /// Filled in `check_config`: the daemon socket (absolute), the same for every server.
     pub socket_path: Option<PathBuf>,
+    /// `NextcloudPushLoopback` (default On).
+    pub loopback: Option<bool>,
+    /// `NextcloudPushMetrics` (default Off).
+    pub metrics: Option<bool>,
+    /// Filled in `post_config` for every server while a push daemon runs: the daemon's
+    /// client-IP vouching key (Apache children inherit it; see `apache::vouch`).
+    pub vouch_key: Option<nextcloud_push_engine::vouch::VouchKey>,
 }
 
 impl ServerConfig {
@@ -126,6 +148,9 @@ impl ServerConfig {
             engine_index: None,
             engine_fingerprint: None,
             socket_path: None,
+            loopback: add.loopback.or(base.loopback),
+            metrics: add.metrics.or(base.metrics),
+            vouch_key: None,
         }
     }
 
@@ -137,6 +162,16 @@ impl ServerConfig {
     /// The URL path prefix, default `/push`.
     pub fn base_path(&self) -> &str {
         self.path.as_deref().unwrap_or(DEFAULT_PATH)
+    }
+
+    /// `NextcloudPushLoopback`, default On.
+    pub fn loopback_enabled(&self) -> bool {
+        self.loopback.unwrap_or(true)
+    }
+
+    /// `NextcloudPushMetrics`, default Off.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics.unwrap_or(false)
     }
 
     pub fn overrides(&self) -> Overrides {
@@ -222,7 +257,10 @@ impl ServerConfig {
                 }
                 self.socket = Some(arg.to_owned());
             }
-            Directive::AllowSelfSigned | Directive::Debounce => {
+            Directive::AllowSelfSigned
+            | Directive::Debounce
+            | Directive::Loopback
+            | Directive::Metrics => {
                 return Err(err("takes On or Off"));
             }
         }
@@ -234,6 +272,8 @@ impl ServerConfig {
         match d {
             Directive::AllowSelfSigned => self.allow_self_signed = Some(on),
             Directive::Debounce => self.debounce = Some(on),
+            Directive::Loopback => self.loopback = Some(on),
+            Directive::Metrics => self.metrics = Some(on),
             _ => return Err(format!("{}: takes one argument, not On|Off", d.name())),
         }
         Ok(())
@@ -328,6 +368,22 @@ mod tests {
         let e = c.set(Directive::TablePrefix, "oc-").unwrap_err();
         assert!(e.starts_with("NextcloudPushTablePrefix: "), "{e}");
         assert!(c.set_flag(Directive::Path, true).is_err());
+    }
+
+    #[test]
+    fn loopback_and_metrics_flags() {
+        let mut main = ServerConfig::default();
+        assert!(main.loopback_enabled(), "loopback is on by default");
+        assert!(!main.metrics_enabled(), "metrics are off by default");
+        main.set_flag(Directive::Loopback, false).unwrap();
+        let mut vhost = ServerConfig::default();
+        vhost.set_flag(Directive::Metrics, true).unwrap();
+        let merged = ServerConfig::merge(&main, &vhost);
+        assert!(!merged.loopback_enabled());
+        assert!(merged.metrics_enabled());
+        assert!(merged.vouch_key.is_none(), "filled in post_config only");
+        let e = main.set(Directive::Loopback, "yes").unwrap_err();
+        assert!(e.starts_with("NextcloudPushLoopback: "), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::apache::unix;
 use crate::handoff::{self, HandoffAssembler, HandoffError, Hello};
-use nextcloud_push_engine::{Engine, EngineConfig, Handoff};
+use nextcloud_push_engine::{Engine, EngineConfig, Handoff, NextcloudRoute};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -25,9 +25,11 @@ use tokio::signal::unix::{signal, SignalKind};
 /// next restart.
 pub const EXIT_STARTUP_FAILED: i32 = 3;
 /// Descriptors kept free for Redis, database and Nextcloud connections and for accepting.
-const FD_RESERVE: u64 = 256;
+pub const FD_RESERVE: u64 = 256;
 /// Upper bound of the whole shutdown (engines send close frames and wait for their sessions).
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
+/// How often the daemon looks at Apache's PidFile (see [`DaemonSetup::pid_file`]).
+const PID_FILE_CHECK: Duration = Duration::from_millis(500);
 
 /// The readiness pipe to the Apache parent, which waits for it in post_config.
 pub struct Ready(std::fs::File);
@@ -37,9 +39,11 @@ impl Ready {
         Ready(std::fs::File::from(fd))
     }
 
-    /// The socket is bound and the engines exist: children may connect now.
-    pub fn ok(mut self) {
-        let _ = self.0.write_all(b"OK");
+    /// The socket is bound and the engines exist: children may connect now. `fd_limit` (the
+    /// daemon's RLIMIT_NOFILE) goes along, so the parent can say how many sessions fit. One
+    /// write of less than PIPE_BUF bytes: the parent reads it whole.
+    pub fn ok(mut self, fd_limit: u64) {
+        let _ = self.0.write_all(format!("OK {fd_limit}\n").as_bytes());
     }
 
     /// Startup failed; the parent logs `msg` and does not respawn until the next restart.
@@ -54,7 +58,13 @@ pub struct DaemonSetup {
     pub socket_path: PathBuf,
     /// Index = the `engine` of a [`Hello`].
     pub engines: Vec<EngineConfig>,
+    /// How each engine reaches Nextcloud (same index; missing: the URL, no vouching).
+    pub routes: Vec<NextcloudRoute>,
     pub ready: Ready,
+    /// Apache's PidFile. httpd removes it when a graceful-stop begins (and keeps it across
+    /// restarts): once seen and then gone, the daemon stops as on SIGTERM, so bridged (TLS)
+    /// sessions, which keep their Apache children alive, get their Close frame and end.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit status.
@@ -88,7 +98,7 @@ struct State {
 }
 
 async fn serve(setup: DaemonSetup) -> i32 {
-    let DaemonSetup { listener, socket_path, engines: configs, ready } = setup;
+    let DaemonSetup { listener, socket_path, engines: configs, routes, ready, pid_file } = setup;
     // Install the handlers first: until then SIGTERM would kill us without cleanup.
     let (mut term, mut int) =
         match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -99,8 +109,8 @@ async fn serve(setup: DaemonSetup) -> i32 {
             }
         };
     let mut engines = Vec::with_capacity(configs.len());
-    for config in configs {
-        match Engine::new(config) {
+    for (i, config) in configs.into_iter().enumerate() {
+        match Engine::with_route(config, routes.get(i).cloned().unwrap_or_default()) {
             Ok(engine) => {
                 engine.start();
                 engines.push(engine);
@@ -137,13 +147,32 @@ async fn serve(setup: DaemonSetup) -> i32 {
         state.engines.len(),
         state.fd_limit
     );
-    ready.ok();
+    ready.ok(state.fd_limit);
 
     let mut last_accept_warning: Option<std::time::Instant> = None;
+    let mut pid_check = tokio::time::interval(PID_FILE_CHECK);
+    let mut pid_file_seen = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = pid_check.tick(), if pid_file.is_some() => {
+                let exists = pid_file.as_deref().is_some_and(|p| p.exists());
+                if exists && !pid_file_seen {
+                    pid_file_seen = true;
+                    log::debug!(
+                        target: "nextcloud_push::daemon",
+                        "NCP0112: watching Apache's PidFile {}",
+                        pid_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+                    );
+                } else if !exists && pid_file_seen {
+                    log::info!(
+                        target: "nextcloud_push::daemon",
+                        "NCP0111: Apache's PidFile is gone (graceful-stop): stopping"
+                    );
+                    break;
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let state = state.clone();
@@ -188,9 +217,14 @@ async fn serve(setup: DaemonSetup) -> i32 {
 
 /// One Apache child's connection: Hello → answer → handoff.
 async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), HandoffError> {
-    let hello = tokio::time::timeout(handoff::ASK_TIMEOUT, read_hello(&mut stream))
+    check_peer(&stream)?;
+    let first = tokio::time::timeout(handoff::ASK_TIMEOUT, read_hello(&mut stream))
         .await
         .map_err(|_| HandoffError::Timeout(handoff::ASK_TIMEOUT))??;
+    let hello = match first {
+        First::Hello(hello) => hello,
+        First::Control(frame) => return serve_control(stream, frame, state).await,
+    };
     let engine = match admit(&hello, state) {
         Ok(engine) => engine,
         Err(why) => {
@@ -206,6 +240,9 @@ async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), Hando
     // Count the client socket from now on, so concurrent admissions see it.
     let slot = LiveSlot::new(state.live.clone());
     stream.write_all(&[handoff::ACCEPTED]).await?;
+    if hello.bridged {
+        return serve_bridged(stream, engine, slot, &hello).await;
+    }
     let (header, early, fd) =
         tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive_handoff(&stream))
             .await
@@ -222,9 +259,80 @@ async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), Hando
     );
     engine.accept_upgraded(
         Counted { inner: tcp, _slot: slot },
-        Handoff { early_data: early, forwarded_for: header.forwarded_for },
+        Handoff { early_data: early, forwarded_for: header.forwarded_for, ping_interval: None },
     );
     Ok(())
+}
+
+/// Only Apache's own processes may hand sessions over: the peer must run as root (the parent)
+/// or as the daemon's own uid, which is Apache's `User` (the children). The socket is 0700
+/// already; this also holds if an admin loosens its permissions.
+fn check_peer(stream: &UnixStream) -> Result<(), HandoffError> {
+    let cred = stream.peer_cred()?;
+    let own = unix::effective_uid();
+    if cred.uid() == own || cred.uid() == 0 {
+        return Ok(());
+    }
+    log::warn!(
+        target: "nextcloud_push::daemon",
+        "NCP0109: refusing a connection from pid {} uid {}: only root and Apache's User (uid {own}) may hand sessions over",
+        cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string()),
+        cred.uid()
+    );
+    Err(HandoffError::Protocol(format!("peer uid {} not allowed", cred.uid())))
+}
+
+/// Bridged mode (TLS through mod_ssl): after the header and the early bytes, this very stream
+/// carries the client's plaintext WebSocket, relayed by an Apache worker that is cut after
+/// Apache's `Timeout` of silence, so the session pings more often than that.
+async fn serve_bridged(
+    mut stream: UnixStream,
+    engine: &Arc<Engine>,
+    slot: LiveSlot,
+    hello: &Hello,
+) -> Result<(), HandoffError> {
+    let (header, early) =
+        tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive_bridged(&mut stream))
+            .await
+            .map_err(|_| HandoffError::Timeout(handoff::HANDOFF_TIMEOUT))??;
+    let ping_interval = hello.timeout_ms.map(handoff::bridged_ping_interval);
+    log::debug!(
+        target: "nextcloud_push::daemon",
+        "NCP0108: bridged (TLS) WebSocket from an Apache worker ({} early bytes, client chain {:?}, ping interval {:?})",
+        early.len(),
+        header.forwarded_for,
+        ping_interval
+    );
+    engine.accept_upgraded(
+        Counted { inner: stream, _slot: slot },
+        Handoff { early_data: early, forwarded_for: header.forwarded_for, ping_interval },
+    );
+    Ok(())
+}
+
+/// Step 3 of bridged mode: exact reads, so not one byte of the WebSocket after the early data
+/// is consumed here.
+async fn receive_bridged(
+    stream: &mut UnixStream,
+) -> Result<(handoff::HandoffHeader, Vec<u8>), HandoffError> {
+    // The worker relays the client's bytes right behind the early data: read the length, the
+    // header and exactly `early_len` bytes, nothing more.
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let mut payload = vec![0u8; handoff::frame_len(len)?];
+    stream.read_exact(&mut payload).await?;
+    let header: handoff::HandoffHeader = serde_json::from_slice(&payload)
+        .map_err(|e| HandoffError::Protocol(format!("bad handoff header: {e}")))?;
+    if header.early_len as usize > handoff::MAX_EARLY {
+        return Err(HandoffError::Protocol(format!(
+            "{} early bytes announced (at most {})",
+            header.early_len,
+            handoff::MAX_EARLY
+        )));
+    }
+    let mut early = vec![0u8; header.early_len as usize];
+    stream.read_exact(&mut early).await?;
+    Ok((header, early))
 }
 
 fn admit<'a>(hello: &Hello, state: &'a State) -> Result<&'a Arc<Engine>, String> {
@@ -258,14 +366,48 @@ fn admit<'a>(hello: &Hello, state: &'a State) -> Result<&'a Arc<Engine>, String>
     Ok(engine)
 }
 
-async fn read_hello(stream: &mut UnixStream) -> Result<Hello, HandoffError> {
+/// The first frame of a child's connection: a WebSocket [`Hello`] or a control request
+/// (`crate::control`: self-test endpoints, metrics).
+enum First {
+    Hello(Hello),
+    Control(crate::control::ControlFrame),
+}
+
+async fn read_hello(stream: &mut UnixStream) -> Result<First, HandoffError> {
     // Exact reads: nothing may be consumed past the frame (the child waits for our answer
     // anyway, but a descriptor attached to a later byte must never meet a plain read).
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let mut payload = vec![0u8; handoff::frame_len(len)?];
     stream.read_exact(&mut payload).await?;
-    serde_json::from_slice(&payload).map_err(|e| HandoffError::Protocol(format!("bad hello: {e}")))
+    if let Some(frame) = crate::control::parse(&payload) {
+        return Ok(First::Control(frame));
+    }
+    serde_json::from_slice(&payload)
+        .map(First::Hello)
+        .map_err(|e| HandoffError::Protocol(format!("bad hello: {e}")))
+}
+
+/// Answers one control request (bounded: the engine bounds its Redis and Nextcloud calls; this
+/// bounds the whole answer too).
+async fn serve_control(
+    stream: UnixStream,
+    frame: crate::control::ControlFrame,
+    state: &State,
+) -> Result<(), HandoffError> {
+    let path = frame.control.path.clone();
+    let serve = crate::control::serve(
+        stream,
+        frame,
+        &state.engines,
+        &state.prints,
+        state.shutting_down.load(Ordering::SeqCst),
+    );
+    tokio::time::timeout(crate::control::CONTROL_TIMEOUT, serve)
+        .await
+        .map_err(|_| HandoffError::Timeout(crate::control::CONTROL_TIMEOUT))??;
+    log::debug!(target: "nextcloud_push::daemon", "NCP0110: answered control request {path}");
+    Ok(())
 }
 
 async fn receive_handoff(
@@ -314,13 +456,14 @@ impl Drop for LiveSlot {
     }
 }
 
-/// The client socket as the engine sees it; dropping it releases the slot.
-struct Counted {
-    inner: TcpStream,
+/// The client socket (or, bridged, the stream to the Apache worker) as the engine sees it;
+/// dropping it releases the slot.
+struct Counted<S> {
+    inner: S,
     _slot: LiveSlot,
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -330,7 +473,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -455,6 +598,46 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bridged_stream_is_the_websocket_after_the_early_bytes() {
+        let state = state(vec![engine()]);
+        let path = serve_one(state.clone(), "bridged").await;
+        let live = state.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let hello = Hello::bridged(0, None, Duration::from_secs(3));
+            let accepted = handoff::ask_daemon(&path, &hello, Duration::from_secs(2)).unwrap();
+            let _ = std::fs::remove_file(&path);
+            // The username frame is early data; the password frame follows on the stream itself.
+            let stream = accepted.bridge(vec![], &frame("alice")).unwrap();
+            stream.set_nonblocking(false).unwrap();
+            (&stream).write_all(&frame("secret")).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = [0u8; 2];
+            (&stream).read_exact(&mut head).unwrap();
+            let mut len = usize::from(head[1] & 0x7f);
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                (&stream).read_exact(&mut ext).unwrap();
+                len = usize::from(u16::from_be_bytes(ext));
+            }
+            let mut payload = vec![0u8; len];
+            (&stream).read_exact(&mut payload).unwrap();
+            (head[0], String::from_utf8(payload).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(reply.0, 0x81, "a final text frame");
+        assert!(reply.1.starts_with("err: Error while sending authentication"), "{}", reply.1);
+        assert!(
+            testkit::wait_until(Duration::from_secs(5), || {
+                let n = live.live.load(Ordering::SeqCst);
+                async move { n == 0 }
+            })
+            .await,
+            "the bridged session's slot is released when it ends"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_engine_and_wrong_protocol_are_refused() {
         let state = state(vec![engine()]);
         let path = serve_one(state.clone(), "unknown").await;
@@ -469,7 +652,7 @@ mod tests {
         let path = serve_one(state.clone(), "protocol").await;
         let answer = tokio::task::spawn_blocking(move || {
             let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
-            s.write_all(&handoff::encode_json(&Hello { protocol: 999, engine: 0, config: None }))
+            s.write_all(&handoff::encode_json(&Hello { protocol: 999, ..Hello::new(0, None) }))
                 .unwrap();
             let mut b = [9u8; 1];
             s.read_exact(&mut b).unwrap();

@@ -14,20 +14,22 @@
 //! | `NCP0008` | debug | parent | a stopped daemon ended (how) |
 //! | `NCP0009` | info | parent | daemon started (pid, socket) |
 //! | `NCP0010` | crit | parent | the daemon failed to start (no respawn until the next restart) |
-//! | `NCP0011` | error | parent | the daemon died and is restarted (throttled after 3 fast deaths) |
+//! | `NCP0011` | error | parent | the daemon died (also: killed during its startup) and is restarted (throttled after 3 fast deaths) |
 //! | `NCP0012` | notice | parent | throttled restart of the daemon by the monitor hook |
 //! | `NCP0013` | warn | parent | the daemon did not report ready within 10 s |
 //! | `NCP0014` | error | daemon | cannot bind the daemon socket (startup fails) |
 //! | `NCP0015` | error | daemon | cannot drop privileges (startup fails) |
 //! | `NCP0016` | debug | daemon | cannot raise RLIMIT_NOFILE |
 //! | `NCP0017` | debug | daemon | the process title could not be changed |
+//! | `NCP0018` | notice | parent | the daemon's RLIMIT_NOFILE leaves room for fewer than 50,000 sessions (and what to raise) |
+//! | `NCP0019` | info | parent | how many bridged wss sessions MaxRequestWorkers leaves room for (each holds a worker) |
 //! | `NCP0020` | emerg | check_config | invalid `NextcloudPushSocket` (startup refused) |
 //! | `NCP0021` | emerg | check_config | invalid push configuration of a server (startup refused) |
-//! | `NCP0030` | warn | child | WebSocket over HTTPS refused with 501 (TLS handoff not implemented yet) |
 //! | `NCP0031` | error | child | push enabled but not set up in this process (503) |
 //! | `NCP0032` | error | child | the daemon did not accept the handoff in time or refused it (503) |
 //! | `NCP0033` | debug | child | the client went away while the 101 was sent |
 //! | `NCP0034` | error | child | handoff failed after the 101 (the client sees the connection close) |
+//! | `NCP0035` | debug | child | a bridged (TLS) WebSocket ended, and why (daemon closed, client gone, idle for `Timeout`, Apache stopping) |
 //! | `NCP0101` | info | daemon | daemon ready: version, socket, engines, fd limit |
 //! | `NCP0102` | info | daemon | daemon stopping (SIGTERM/SIGINT): close 1001 to every session |
 //! | `NCP0103` | info | daemon | daemon stopped |
@@ -35,3 +37,12 @@
 //! | `NCP0105` | warn | daemon | `accept` on the daemon socket failed (e.g. out of descriptors); at most one line per minute |
 //! | `NCP0106` | warn | daemon | a handoff was refused (unknown engine, configuration or protocol mismatch, fd limit, shutting down); one line per 100 refusals |
 //! | `NCP0107` | debug | daemon | a WebSocket was handed over (early bytes, client IP chain) |
+//! | `NCP0108` | debug | daemon | a bridged (TLS) WebSocket arrived from an Apache worker (early bytes, client IP chain, ping interval) |
+//! | `NCP0109` | warn | daemon | a connection to the daemon socket from a uid other than root or Apache's `User` was refused (peer credentials) |
+//! | `NCP0111` | info | daemon | Apache's PidFile disappeared (graceful-stop began): the daemon stops as on SIGTERM |
+//! | `NCP0112` | debug | daemon | the daemon saw Apache's PidFile (from now on its removal means graceful-stop) |
+//! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
+//! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
+//! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |
+//! | `NCP0043` | info | parent | how the daemon reaches Nextcloud for an engine (loopback address or the URL) |
+//! | `NCP0110` | debug | daemon | a control request (self-test endpoint, metrics) was answered |

@@ -8,6 +8,10 @@
 //!    [`HandoffHeader`] (JSON frame) followed by `early_len` raw bytes (what the client sent after
 //!    its request head and Apache had already read);
 //! 4. the child closes its end.
+//!
+//! Bridged mode (TLS through mod_ssl, see `apache::bridge`): the [`Hello`] says `bridged` and
+//! carries Apache's `Timeout`; step 3 has no descriptor, and after the early bytes the same Unix
+//! stream carries the client's plaintext WebSocket bytes both ways, relayed by the Apache worker.
 
 use crate::apache::unix;
 use serde::{Deserialize, Serialize};
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Bumped on any incompatible change; the daemon refuses other versions, and a changed
 /// version restarts the daemon at the next graceful restart (it is part of the fingerprint).
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// Daemon's answer to a [`Hello`]: go ahead.
 pub const ACCEPTED: u8 = 1;
 /// Daemon's answer to a [`Hello`]: unknown engine, out of file descriptors or shutting down.
@@ -46,12 +50,35 @@ pub struct Hello {
     /// daemon) instead of routing the client to the wrong Nextcloud. Optional on the wire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// Bridged mode: no descriptor follows; this stream becomes the WebSocket (TLS clients).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridged: bool,
+    /// Bridged mode: Apache's `Timeout` in milliseconds. The bridge ends a session after that
+    /// much silence, so the daemon pings the client more often ([`bridged_ping_interval`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 impl Hello {
     pub fn new(engine: u32, config: Option<String>) -> Hello {
-        Hello { protocol: PROTOCOL, engine, config }
+        Hello { protocol: PROTOCOL, engine, config, bridged: false, timeout_ms: None }
     }
+
+    /// The Hello of a bridged (TLS) session; `timeout` is Apache's `Timeout`.
+    pub fn bridged(engine: u32, config: Option<String>, timeout: Duration) -> Hello {
+        Hello {
+            bridged: true,
+            timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
+            ..Hello::new(engine, config)
+        }
+    }
+}
+
+/// The keepalive ping interval of a bridged session: a third of Apache's `Timeout` (at least
+/// 500 ms), so even a ping sent up to one engine tick late, plus its pong, lands well inside the
+/// bridge's idle limit. The engine never pings less often than its own interval.
+pub fn bridged_ping_interval(timeout_ms: u64) -> Duration {
+    Duration::from_millis((timeout_ms / 3).max(500))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +250,24 @@ impl Accepted {
         (&self.stream).write_all(&msg[sent..])?;
         Ok(())
     }
+
+    /// Step 3 of bridged mode: sends the header and the early bytes (no descriptor) and returns
+    /// the stream, nonblocking, which from now on carries the WebSocket's plaintext.
+    pub fn bridge(
+        self,
+        forwarded_for: Vec<IpAddr>,
+        early: &[u8],
+    ) -> Result<UnixStream, HandoffError> {
+        if early.len() > MAX_EARLY {
+            return Err(HandoffError::Protocol(format!("{} early bytes", early.len())));
+        }
+        self.stream.set_write_timeout(Some(HANDOFF_TIMEOUT / 2))?;
+        (&self.stream).write_all(&encode_handoff(forwarded_for, early))?;
+        self.stream.set_write_timeout(None)?;
+        self.stream.set_read_timeout(None)?;
+        self.stream.set_nonblocking(true)?;
+        Ok(self.stream)
+    }
 }
 
 #[cfg(test)]
@@ -274,13 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn bridged_pings_come_well_within_the_timeout() {
+        assert_eq!(bridged_ping_interval(300_000), Duration::from_secs(100));
+        assert_eq!(bridged_ping_interval(3_000), Duration::from_secs(1));
+        assert_eq!(bridged_ping_interval(600), Duration::from_millis(500));
+    }
+
+    #[test]
     fn hello_json_shape() {
         let frame = encode_json(&Hello::new(3, None));
-        assert_eq!(&frame[4..], br#"{"protocol":1,"engine":3}"#);
+        assert_eq!(&frame[4..], br#"{"protocol":2,"engine":3}"#);
         let with = encode_json(&Hello::new(0, Some("ab12".into())));
-        assert_eq!(&with[4..], br#"{"protocol":1,"engine":0,"config":"ab12"}"#);
-        let old: Hello = serde_json::from_slice(br#"{"protocol":1,"engine":2}"#).unwrap();
-        assert_eq!(old, Hello::new(2, None));
+        assert_eq!(&with[4..], br#"{"protocol":2,"engine":0,"config":"ab12"}"#);
+        let plain: Hello = serde_json::from_slice(br#"{"protocol":2,"engine":2}"#).unwrap();
+        assert_eq!(plain, Hello::new(2, None));
+        let bridged = encode_json(&Hello::bridged(1, None, Duration::from_secs(300)));
+        assert_eq!(
+            &bridged[4..],
+            br#"{"protocol":2,"engine":1,"bridged":true,"timeout_ms":300000}"#
+        );
         assert_eq!(frame_len(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
     }
 }
@@ -342,6 +399,34 @@ mod client_tests {
         assert!(matches!(e, HandoffError::Timeout(_)), "{e}");
         assert!(t.elapsed() < Duration::from_millis(550));
         daemon.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn bridged_handoff_turns_the_stream_into_the_websocket() {
+        let path = socket_path("bridge");
+        let daemon = fake_daemon(&path, Some(ACCEPTED));
+        let hello = Hello::bridged(0, None, Duration::from_secs(5));
+        let accepted = ask_daemon(&path, &hello, Duration::from_secs(2)).unwrap();
+        let ips: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap()];
+        let bridge = accepted.bridge(ips.clone(), b"EARLY").unwrap();
+        let (seen, mut stream) = daemon.join().unwrap();
+        assert_eq!(seen, hello);
+        // Exactly the header and the early bytes, no descriptor; then the stream is a pipe.
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).unwrap();
+        let mut header = vec![0u8; frame_len(len).unwrap()];
+        stream.read_exact(&mut header).unwrap();
+        let header: HandoffHeader = serde_json::from_slice(&header).unwrap();
+        assert_eq!(header, HandoffHeader { forwarded_for: ips, early_len: 5 });
+        let mut early = [0u8; 5];
+        stream.read_exact(&mut early).unwrap();
+        assert_eq!(&early, b"EARLY");
+        stream.write_all(b"to client").unwrap();
+        bridge.set_nonblocking(false).unwrap();
+        let mut got = [0u8; 9];
+        (&bridge).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"to client");
         let _ = std::fs::remove_file(&path);
     }
 

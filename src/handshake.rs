@@ -13,6 +13,8 @@ pub enum Route {
     WebSocket,
     /// `<base>/test` or `<base>/test/<rest>`: the self-test endpoints (`rest` without the slash).
     Test(String),
+    /// `<base>/metrics`: Prometheus text (when `NextcloudPushMetrics On`).
+    Metrics,
     /// Anything else under `<base>/`: 404 with an empty body, as the incumbent answers.
     Unknown,
 }
@@ -23,6 +25,7 @@ pub fn classify(base: &str, uri: &str) -> Option<Route> {
     Some(match rest {
         "ws" | "ws/" => Route::WebSocket,
         "test" => Route::Test(String::new()),
+        "metrics" => Route::Metrics,
         _ => match rest.strip_prefix("test/") {
             Some(name) => Route::Test(name.to_owned()),
             None => Route::Unknown,
@@ -42,8 +45,6 @@ pub struct UpgradeRequest<'a> {
     pub upgrade: Option<&'a str>,
     pub version: Option<&'a str>,
     pub key: Option<&'a str>,
-    /// The connection is TLS (mod_ssl): its socket carries TLS records.
-    pub tls: bool,
 }
 
 /// A refused upgrade: the final response Apache sends instead of the 101.
@@ -60,9 +61,6 @@ impl Refusal {
         Refusal { status, body, headers: &[] }
     }
 }
-
-pub const BODY_TLS: &str = "WebSocket over HTTPS is not supported by mod_nextcloud_push yet; \
-                            terminate TLS in front of Apache or proxy wss:// to a notify_push daemon\n";
 
 /// Checks a WebSocket upgrade request in the order the incumbent (warp) does, with the same
 /// status codes and bodies where clients or admins rely on them.
@@ -105,9 +103,6 @@ pub fn check_upgrade(req: &UpgradeRequest<'_>) -> Result<(), Refusal> {
         }
         Some(_) => {}
     }
-    if req.tls {
-        return Err(Refusal::new(501, BODY_TLS));
-    }
     Ok(())
 }
 
@@ -142,7 +137,6 @@ mod tests {
             upgrade: Some("websocket"),
             version: Some("13"),
             key: Some("dGhlIHNhbXBsZSBub25jZQ=="),
-            tls: false,
         }
     }
 
@@ -158,6 +152,8 @@ mod tests {
         assert_eq!(classify("/push", "/push/test"), Some(Route::Test(String::new())));
         assert_eq!(classify("/push", "/push/"), Some(Route::Unknown));
         assert_eq!(classify("/push", "/push/wss"), Some(Route::Unknown));
+        assert_eq!(classify("/push", "/push/metrics"), Some(Route::Metrics));
+        assert_eq!(classify("/push", "/push/metrics/"), Some(Route::Unknown));
         assert_eq!(classify("/push", "/push/ws/x"), Some(Route::Unknown));
         assert_eq!(classify("/push", "/push"), None);
         assert_eq!(classify("/push", "/pushy/ws"), None);
@@ -205,7 +201,5 @@ mod tests {
         assert_eq!(r.status, 400);
         let r = check_upgrade(&UpgradeRequest { key: Some("c2hvcnQ="), ..good() }).unwrap_err();
         assert_eq!(r.status, 400);
-        let r = check_upgrade(&UpgradeRequest { tls: true, ..good() }).unwrap_err();
-        assert_eq!((r.status, r.body), (501, BODY_TLS));
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod apache;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod handoff;

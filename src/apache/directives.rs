@@ -12,7 +12,7 @@ use std::ptr;
 /// The table httpd reads when the module is added, before `register_hooks`: it must be a
 /// static. `command_rec` holds raw pointers, hence the `Sync` wrapper.
 #[repr(transparent)]
-pub struct Commands(pub [ffi::command_rec; 12]);
+pub struct Commands(pub [ffi::command_rec; 14]);
 
 // SAFETY: the table is immutable and only holds pointers to static strings and functions.
 unsafe impl Sync for Commands {}
@@ -56,6 +56,11 @@ pub static COMMANDS: Commands = Commands([
         c"Off to send every notification at once instead of batching (default On)",
     ),
     entry(
+        Directive::Loopback,
+        c"NextcloudPushLoopback",
+        c"Off to call Nextcloud at its URL instead of through this vhost over loopback with a vouched client IP (default On)",
+    ),
+    entry(
         Directive::MaxConnectionTime,
         c"NextcloudPushMaxConnectionTime",
         c"Close WebSockets older than this many seconds; 0 = never (default 0)",
@@ -64,6 +69,11 @@ pub static COMMANDS: Commands = Commands([
         Directive::MaxDebounceTime,
         c"NextcloudPushMaxDebounceTime",
         c"Upper bound in seconds of the notification debounce interval (default 15)",
+    ),
+    entry(
+        Directive::Metrics,
+        c"NextcloudPushMetrics",
+        c"On to serve Prometheus metrics at <path>/metrics (protect it with Require; default Off)",
     ),
     entry(
         Directive::NextcloudUrl,

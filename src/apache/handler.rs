@@ -4,7 +4,7 @@
 
 use super::log::{log_at, Severity};
 use super::request::Request;
-use super::{ffi, server_config};
+use super::{bridge, ffi, server_config};
 use crate::handoff::{self, HandoffError};
 use crate::handshake::{self, Route, UpgradeRequest};
 use std::ffi::{c_int, CStr};
@@ -80,8 +80,43 @@ pub unsafe fn handle(r: *mut ffi::request_rec) -> c_int {
                 conf.engine_index.map(|i| handoff::Hello::new(i, conf.engine_fingerprint.clone()));
             upgrade(&mut req, hello, conf.socket_path.as_deref())
         }
-        // The self-test endpoints arrive with a later issue; until then they are unknown.
-        Some(Route::Test(_)) | Some(Route::Unknown) | None => req.respond(404, "", &[]),
+        // The self-test endpoints and the metrics are answered by the daemon (issue #4).
+        Some(Route::Test(rest)) => control(&mut req, conf, format!("test/{rest}")),
+        Some(Route::Metrics) if conf.metrics_enabled() => control(&mut req, conf, "metrics".into()),
+        Some(Route::Metrics) | Some(Route::Unknown) | None => req.respond(404, "", &[]),
+    }
+}
+
+/// Forwards `<base>/test/…` or `<base>/metrics` to the daemon and writes its answer.
+fn control(req: &mut Request<'_>, conf: &crate::config::ServerConfig, path: String) -> c_int {
+    let (Some(engine), Some(socket)) = (conf.engine_index, conf.socket_path.as_deref()) else {
+        log_at(
+            req.server(),
+            Severity::Error,
+            "NCP0031: push is enabled but not set up in this process; answering 503",
+        );
+        return unavailable(req);
+    };
+    let request = crate::control::ControlRequest {
+        engine,
+        config: conf.engine_fingerprint.clone(),
+        method: req.method().to_owned(),
+        path,
+        token: req.header_in(c"token").map(str::to_owned),
+    };
+    match crate::control::ask(socket, &request, crate::control::CONTROL_TIMEOUT) {
+        Ok(answer) => req.respond(answer.status, &answer.body, &[]),
+        Err(e) => {
+            log_at(
+                req.server(),
+                Severity::Error,
+                &format!(
+                    "NCP0040: push daemon unavailable for {} ({e}); answering 503",
+                    request.path
+                ),
+            );
+            unavailable(req)
+        }
     }
 }
 
@@ -91,6 +126,8 @@ fn upgrade(
     socket: Option<&std::path::Path>,
 ) -> c_int {
     let tls = req.is_tls();
+    // SAFETY: the live request of this handler call.
+    let timeout = unsafe { bridge::server_timeout(req.raw()) };
     let facts = UpgradeRequest {
         method: req.method(),
         http11: req.http11(),
@@ -99,20 +136,8 @@ fn upgrade(
         upgrade: req.header_in(c"Upgrade"),
         version: req.header_in(c"Sec-WebSocket-Version"),
         key: req.header_in(c"Sec-WebSocket-Key"),
-        tls,
     };
     if let Err(refusal) = handshake::check_upgrade(&facts) {
-        if refusal.status == 501 {
-            log_at(
-                req.server(),
-                Severity::Warn,
-                &format!(
-                    "NCP0030: WebSocket upgrade over HTTPS from {} refused with 501: the TLS \
-                     handoff is not implemented yet (terminate TLS in front of Apache)",
-                    req.useragent_ip().unwrap_or("?")
-                ),
-            );
-        }
         return req.respond(refusal.status, refusal.body, refusal.headers);
     }
     let key = facts.key.unwrap_or_default();
@@ -124,6 +149,10 @@ fn upgrade(
         );
         return unavailable(req);
     };
+    // TLS (mod_ssl): this worker will relay the plaintext (see `bridge`), so the daemon treats
+    // the Unix stream itself as the WebSocket and pings within Apache's Timeout.
+    let hello =
+        if tls { handoff::Hello::bridged(hello.engine, hello.config, timeout) } else { hello };
 
     // Ask the daemon before anything is sent: a refusal can still be a clean 503.
     let accepted = match handoff::ask_daemon(socket, &hello, handoff::ASK_TIMEOUT) {
@@ -155,19 +184,22 @@ fn upgrade(
         return DONE;
     }
 
-    let result =
-        req.drain_input(handoff::MAX_EARLY).map_err(HandoffError::Protocol).and_then(|early| {
-            let peer = req.useragent_ip().and_then(|ip| ip.parse::<IpAddr>().ok());
-            let chain = nextcloud_push_engine::client_ip_chain(
-                req.header_in(c"X-Forwarded-For"),
-                req.header_in(c"X-Real-IP"),
-                req.header_in(c"Forwarded"),
-                peer,
-            );
-            let fd =
-                req.client_fd().ok_or_else(|| HandoffError::Protocol("no client socket".into()))?;
-            accepted.hand_off(fd, chain, &early)
-        });
+    let peer = req.useragent_ip().and_then(|ip| ip.parse::<IpAddr>().ok());
+    let chain = nextcloud_push_engine::client_ip_chain(
+        req.header_in(c"X-Forwarded-For"),
+        req.header_in(c"X-Real-IP"),
+        req.header_in(c"Forwarded"),
+        peer,
+    );
+    let early = req.drain_input(handoff::MAX_EARLY).map_err(HandoffError::Protocol);
+    if tls {
+        return bridged(req, accepted, chain, early, timeout);
+    }
+    let result = early.and_then(|early| {
+        let fd =
+            req.client_fd().ok_or_else(|| HandoffError::Protocol("no client socket".into()))?;
+        accepted.hand_off(fd, chain, &early)
+    });
     if let Err(e) = result {
         log_at(
             req.server(),
@@ -177,6 +209,43 @@ fn upgrade(
     }
     // From here on the socket belongs to the daemon (or, on error, is simply closed).
     req.abandon_connection();
+    DONE
+}
+
+/// TLS: after the 101, this worker relays the WebSocket's plaintext between mod_ssl and the
+/// daemon until the session ends; then Apache closes the connection as usual (close_notify).
+fn bridged(
+    req: &mut Request<'_>,
+    accepted: handoff::Accepted,
+    chain: Vec<IpAddr>,
+    early: Result<Vec<u8>, HandoffError>,
+    timeout: std::time::Duration,
+) -> c_int {
+    let stream = match early.and_then(|early| accepted.bridge(chain, &early)) {
+        Ok(stream) => stream,
+        Err(e) => {
+            log_at(
+                req.server(),
+                Severity::Error,
+                &format!("NCP0034: WebSocket handoff to the push daemon failed after the 101: {e}"),
+            );
+            req.abandon_connection();
+            return DONE;
+        }
+    };
+    let r = req.raw();
+    // SAFETY: the live request of this handler call, after the 101, on its own thread; the
+    // bridge ends before we return.
+    let end = unsafe {
+        bridge::prepare(r);
+        bridge::run(r, &stream, timeout)
+    };
+    drop(stream);
+    ::log::debug!(target: "nextcloud_push::apache", "NCP0035: bridged (TLS) WebSocket ended: {end}");
+    if matches!(end, bridge::End::Client(_) | bridge::End::Stopping) {
+        // The client connection is broken or already closed: no close_notify, no lingering.
+        req.abandon_connection();
+    }
     DONE
 }
 

@@ -34,9 +34,9 @@ const FAST_FAILURE_SECS: i64 = 10;
 /// After this many fast failures in a row, respawns wait for the monitor hook (~10 s).
 const MAX_FAST_FAILURES: u32 = 3;
 
-const RETAINED_KEY: &CStr = c"mod_nextcloud_push:retained:v2";
+const RETAINED_KEY: &CStr = c"mod_nextcloud_push:retained:v3";
 const PLAN_KEY: &CStr = c"mod_nextcloud_push:plan";
-const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0002; // "NCPUSH" v2
+const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0003; // "NCPUSH" v3
 
 /// Process-lifetime state in `ap_retained_data` (zeroed on creation). Layout is frozen for the
 /// key above: change the key when changing it.
@@ -59,6 +59,11 @@ struct Retained {
     /// The running daemon's socket path, NUL-padded (removed by the parent after a stop: the
     /// daemon runs as `User` and usually cannot unlink in DefaultRuntimeDir).
     socket: [u8; 112],
+    /// The running daemon's client-IP vouching key (issue #4, `apache::vouch`): generated in
+    /// the parent before each fork of a new daemon from post_config, kept while the daemon is
+    /// kept (and on a respawn, which the current children cannot learn about), inherited by
+    /// the Apache children through their server configuration.
+    vouch_key: [u8; nextcloud_push_engine::vouch::KEY_LEN],
 }
 
 impl Retained {
@@ -119,6 +124,8 @@ struct Plan {
     server: *mut ffi::server_rec,
     socket_path: PathBuf,
     engines: Vec<EngineConfig>,
+    /// How each engine reaches Nextcloud (loopback address + vouching key), same index.
+    routes: Vec<nextcloud_push_engine::NextcloudRoute>,
     fingerprint: String,
     level: ::log::LevelFilter,
     /// The `apr_proc_t` the other-child registration points at (pconf memory).
@@ -215,6 +222,9 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
     // One engine per distinct configuration; every enabled server remembers its index.
     let mut engines: Vec<EngineConfig> = Vec::new();
     let mut prints: Vec<String> = Vec::new();
+    // Per engine: the vhost address the daemon calls Nextcloud through (issue #4); a vhost
+    // whose port is the Nextcloud URL's wins.
+    let mut loopbacks: Vec<Option<(std::net::SocketAddr, bool)>> = Vec::new();
     let mut socket_path = None;
     // SAFETY: the main server's chain of live servers.
     for srv in unsafe { server_config::servers(s) } {
@@ -227,9 +237,20 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
             None => {
                 prints.push(print.clone());
                 engines.push(engine.clone());
+                loopbacks.push(None);
                 engines.len() - 1
             }
         };
+        if conf.loopback_enabled() {
+            // SAFETY: live server, parent in post_config.
+            let here = unsafe { super::vouch::vhost_address(srv, &engine.nextcloud_url) };
+            match (loopbacks[index], here) {
+                (None, Some(found)) | (Some((_, false)), Some(found @ (_, true))) => {
+                    loopbacks[index] = Some(found)
+                }
+                _ => {}
+            }
+        }
         conf.engine_index = Some(index as u32);
         conf.engine_fingerprint = Some(print);
         socket_path = conf.socket_path.clone();
@@ -257,10 +278,17 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         }
         return OK;
     };
+    log_bridge_capacity(s);
 
     // SAFETY: the live main server.
     let level = unsafe { super::log::server_level(s) };
-    let fingerprint = fingerprint(&socket_path, &prints, level);
+    // The loopback addresses are part of the daemon's configuration (not of the engines').
+    let daemon_prints: Vec<String> =
+        prints.iter().zip(&loopbacks).map(|(p, l)| format!("{p}@{:?}", l.map(|l| l.0))).collect();
+    let fingerprint = fingerprint(&socket_path, &daemon_prints, level);
+    for (index, (engine, route)) in engines.iter().zip(&loopbacks).enumerate() {
+        super::vouch::log_route(s, index, &engine.nextcloud_url, *route);
+    }
     // SAFETY: live pconf; the plan lives (and is dropped) with it.
     let plan = unsafe {
         pool::alloc(
@@ -270,6 +298,7 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
                 server: s,
                 socket_path,
                 engines,
+                routes: Vec::new(),
                 fingerprint,
                 level,
                 proc_rec: ffi::apr_palloc(pconf, std::mem::size_of::<ffi::apr_proc_t>())
@@ -304,10 +333,30 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
     } else {
         ret.pid = 0;
     }
+    // A new daemon gets a new vouching key; a kept one keeps its key (issue #4).
+    if ret.pid == 0 {
+        ret.vouch_key = *nextcloud_push_engine::vouch::VouchKey::generate().as_bytes();
+    }
+    let key = nextcloud_push_engine::vouch::VouchKey::from_bytes(ret.vouch_key);
+    plan.routes = loopbacks
+        .iter()
+        .map(|l| nextcloud_push_engine::NextcloudRoute {
+            loopback: l.map(|l| l.0),
+            vouch: l.map(|_| key.clone()),
+        })
+        .collect();
     if ret.pid == 0 {
         start(plan, ret);
     } else {
         watch(plan, ret.pid);
+    }
+    // Every server checks vouches with the daemon's key (children inherit the configuration).
+    // SAFETY: the main server's chain of live servers; one config borrowed at a time.
+    for srv in unsafe { server_config::servers(s) } {
+        // SAFETY: as above.
+        if let Some(conf) = unsafe { server_config::get(srv) } {
+            conf.vouch_key = Some(key.clone());
+        }
     }
 
     // Stop the daemon when Apache exits (not on restarts: pconf is cleared then too).
@@ -321,6 +370,33 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         );
     }
     OK
+}
+
+/// One line per configuration load: plain-HTTP WebSockets hold no Apache worker, but each wss
+/// client that reaches Apache's mod_ssl holds one for as long as it is connected (the TLS
+/// bridge), so MaxRequestWorkers bounds them.
+fn log_bridge_capacity(s: *mut ffi::server_rec) {
+    let query = |what: u32| {
+        let mut v: c_int = 0;
+        // SAFETY: ap_mpm_query with a valid out pointer.
+        let rv = unsafe { ffi::ap_mpm_query(what as c_int, &mut v) };
+        (rv == 0 && v > 0).then_some(v as u64)
+    };
+    let msg = match (query(ffi::AP_MPMQ_MAX_DAEMONS), query(ffi::AP_MPMQ_MAX_THREADS)) {
+        (Some(daemons), threads) => {
+            let workers = daemons * threads.unwrap_or(1).max(1);
+            format!(
+                "NCP0019: MaxRequestWorkers {workers}: room for at most {workers} bridged wss \
+                 (TLS via mod_ssl) push sessions, fewer while other requests run; each holds a \
+                 worker while connected. Plain-HTTP sessions (TLS terminated in front of \
+                 Apache) hold none"
+            )
+        }
+        _ => "NCP0019: each bridged wss (TLS via mod_ssl) push session holds an Apache worker \
+              while connected (MaxRequestWorkers unknown); plain-HTTP sessions hold none"
+            .to_owned(),
+    };
+    log_at(s, Severity::Info, &msg);
 }
 
 fn fingerprint(socket: &std::path::Path, engines: &[String], level: ::log::LevelFilter) -> String {
@@ -380,6 +456,7 @@ fn start(plan: &mut Plan, ret: &mut Retained) {
         server: plan.server,
         socket_path: &plan.socket_path,
         engines: &plan.engines,
+        routes: &plan.routes,
         level: plan.level,
     };
     // SAFETY: parent only, single-threaded, live pconf/server (the plan lives in pconf).
@@ -399,6 +476,18 @@ fn start(plan: &mut Plan, ret: &mut Retained) {
                 ),
             );
             watch(plan, pid);
+        }
+        Err(msg) if msg.starts_with(process::DIED_DURING_STARTUP) && !stopping() => {
+            // Killed before it was ready (not a configuration problem): a fast failure, retried
+            // by the monitor hook in about 10 s.
+            ret.pid = 0;
+            ret.fast_failures += 1;
+            ret.respawn_pending = 1;
+            log_at(
+                plan.server,
+                Severity::Error,
+                &format!("NCP0011: {msg}; next attempt in about 10 s"),
+            );
         }
         Err(msg) => {
             ret.pid = 0;

@@ -7,6 +7,8 @@
 //!   the Apache parent (state in `ap_retained_data`);
 //! - [`process`]: what the forked daemon does before it runs safe code (fork hygiene);
 //! - [`handler`] and [`request`]: claiming `<base>/…` and the WebSocket upgrade + handoff;
+//! - [`bridge`]: the worker-held plaintext relay for WebSockets over TLS (mod_ssl);
+//! - [`vouch`]: the client-IP vouching hook (`post_read_request`) and the vhost's own address;
 //! - [`unix`]: Unix-socket helpers with descriptor passing (`SCM_RIGHTS`);
 //! - [`log`]: the `log` backend (`ap_log_error_` in Apache, stderr lines in the daemon).
 //!
@@ -17,6 +19,7 @@
 // Unit-test binaries carry no module record, so the hook trampolines are unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+pub mod bridge;
 pub mod directives;
 pub mod ffi;
 pub mod handler;
@@ -28,6 +31,7 @@ pub mod process;
 pub mod request;
 pub mod server_config;
 pub mod unix;
+pub mod vouch;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -94,6 +94,15 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
                 ptr::null(),
                 ffi::APR_HOOK_MIDDLE as c_int,
             );
+            // Per request, right after the request head was read and before mod_remoteip:
+            // strip the push daemon's client-IP vouching header from every request and apply
+            // a valid one (issue #4, `vouch`).
+            ffi::ap_hook_post_read_request(
+                Some(post_read_request),
+                ptr::null(),
+                BEFORE_REMOTEIP.0.as_ptr(),
+                ffi::APR_HOOK_FIRST as c_int,
+            );
             // Per request, after mod_rewrite's server-level rules (as mod_proxy): claim
             // `<base>/…` so Nextcloud's .htaccess catch-all never turns it into index.php.
             ffi::ap_hook_translate_name(
@@ -117,6 +126,14 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
                 ptr::null(),
                 ffi::APR_HOOK_FIRST as c_int,
             );
+            // Child, when it is told to stop: an ungraceful stop wakes the TLS bridges, whose
+            // connections the MPM has just closed (issue #5, `bridge`).
+            ffi::ap_hook_child_stopping(
+                Some(child_stopping),
+                ptr::null(),
+                ptr::null(),
+                ffi::APR_HOOK_MIDDLE as c_int,
+            );
         }
     });
 }
@@ -125,6 +142,7 @@ struct HookList([*const c_char; 2]);
 // SAFETY: immutable pointers to static strings.
 unsafe impl Sync for HookList {}
 static AFTER_REWRITE: HookList = HookList([c"mod_rewrite.c".as_ptr(), ptr::null()]);
+static BEFORE_REMOTEIP: HookList = HookList([c"mod_remoteip.c".as_ptr(), ptr::null()]);
 
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
@@ -183,6 +201,13 @@ unsafe extern "C" fn monitor(p: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) 
     })
 }
 
+unsafe extern "C" fn post_read_request(r: *mut ffi::request_rec) -> c_int {
+    trampoline_status("post_read_request", ffi::DECLINED, || {
+        // SAFETY: httpd passes a live request.
+        unsafe { super::vouch::post_read_request(r) }
+    })
+}
+
 unsafe extern "C" fn translate_name(r: *mut ffi::request_rec) -> c_int {
     trampoline_status("translate_name", ffi::DECLINED, || {
         // SAFETY: httpd passes a live request.
@@ -195,6 +220,10 @@ unsafe extern "C" fn map_to_storage(r: *mut ffi::request_rec) -> c_int {
         // SAFETY: httpd passes a live request.
         unsafe { handler::map_to_storage(r) }
     })
+}
+
+unsafe extern "C" fn child_stopping(_pchild: *mut ffi::apr_pool_t, graceful: c_int) {
+    super::guard("child_stopping", (), || super::bridge::child_stopping(graceful != 0));
 }
 
 unsafe extern "C" fn handler_hook(r: *mut ffi::request_rec) -> c_int {

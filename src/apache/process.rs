@@ -25,6 +25,9 @@ const NAME: &str = "nextcloud-push";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exit status after a panic in the daemon.
 const EXIT_PANIC: i32 = 70;
+/// Start of [`spawn`]'s error when the daemon ended before it reported anything (killed, e.g.
+/// by an admin's SIGKILL): a death, not a configuration failure, so it is retried.
+pub const DIED_DURING_STARTUP: &str = "the push daemon exited during startup";
 
 /// What the daemon needs from the parent's configuration.
 pub struct SpawnSpec<'a> {
@@ -32,6 +35,8 @@ pub struct SpawnSpec<'a> {
     pub server: *mut ffi::server_rec,
     pub socket_path: &'a Path,
     pub engines: &'a [EngineConfig],
+    /// How each engine reaches Nextcloud: loopback address and vouching key (issue #4).
+    pub routes: &'a [nextcloud_push_engine::NextcloudRoute],
     pub level: ::log::LevelFilter,
 }
 
@@ -102,6 +107,7 @@ fn wait_ready(pipe: OwnedFd, pid: libc::pid_t) -> Result<libc::pid_t, String> {
             Ok(n) => {
                 got.extend_from_slice(&buf[..n]);
                 if got.starts_with(b"OK") {
+                    log_fd_capacity(&got);
                     return Ok(pid);
                 }
             }
@@ -113,7 +119,32 @@ fn wait_ready(pipe: OwnedFd, pid: libc::pid_t) -> Result<libc::pid_t, String> {
     let status = reap(pid, Duration::from_secs(2));
     match text.strip_prefix("ERR ") {
         Some(msg) => Err(msg.to_owned()),
-        None => Err(format!("the push daemon exited during startup ({status})")),
+        None => Err(format!("{DIED_DURING_STARTUP} ({status})")),
+    }
+}
+
+/// Sessions the daemon should be able to hold (the issue's target), plus its reserve.
+const WANTED_SESSIONS: u64 = 50_000;
+
+/// `OK <fd limit>` from the daemon: one notice line (always logged) when fewer than
+/// [`WANTED_SESSIONS`] fit, with what to change.
+fn log_fd_capacity(ready: &[u8]) {
+    let text = String::from_utf8_lossy(ready);
+    let Some(limit) = text.strip_prefix("OK ").and_then(|t| t.trim().parse::<u64>().ok()) else {
+        return;
+    };
+    let sessions = limit.saturating_sub(crate::daemon::FD_RESERVE);
+    if sessions < WANTED_SESSIONS {
+        aplog::log_at(
+            std::ptr::null(),
+            aplog::Severity::Notice,
+            &format!(
+                "NCP0018: the push daemon's RLIMIT_NOFILE is {limit}: at most {sessions} push \
+                 sessions (WebSocket handoffs beyond that get 503); raising it to 65536 needs a \
+                 higher hard limit for Apache (LimitNOFILE= in apache2.service, ulimit -Hn) or \
+                 CAP_SYS_RESOURCE"
+            ),
+        );
     }
 }
 
@@ -244,8 +275,27 @@ unsafe fn child_main(spec: &SpawnSpec<'_>, ready: OwnedFd, parent: libc::pid_t) 
         listener,
         socket_path: spec.socket_path.to_path_buf(),
         engines: spec.engines.to_vec(),
+        routes: spec.routes.to_vec(),
         ready,
+        // SAFETY: the parent's live pool and httpd's PidFile global (copied by fork).
+        pid_file: unsafe { pid_file(spec.pconf) },
     })
+}
+
+/// Apache's PidFile (`ap_pid_fname`, relative to ServerRoot).
+///
+/// # Safety
+/// In the forked daemon, before any thread exists; `pconf` is the parent's (copied) pool.
+unsafe fn pid_file(pconf: *mut ffi::apr_pool_t) -> Option<std::path::PathBuf> {
+    // SAFETY: per contract; ap_pid_fname is NULL or a pool string, ap_server_root_relative
+    // returns NULL or a pool string.
+    unsafe {
+        if ffi::ap_pid_fname.is_null() {
+            return None;
+        }
+        let path = ffi::ap_server_root_relative(pconf, ffi::ap_pid_fname);
+        super::pool::cstr(path).map(std::path::PathBuf::from)
+    }
 }
 
 /// # Safety

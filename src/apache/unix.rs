@@ -163,6 +163,12 @@ pub fn nofile_limit() -> u64 {
     rl.rlim_cur
 }
 
+/// The effective uid of this process (the daemon: Apache's `User` after the privilege drop).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Ends the process at once: no atexit handlers, no destructors (the daemon is a fork of the
 /// Apache parent, whose exit handlers are not ours to run).
 pub fn exit_now(code: i32) -> ! {
