@@ -224,6 +224,8 @@ pub struct ApacheBuilder {
     daemon_socket: Option<PathBuf>,
     server_lines: Vec<String>,
     vhost_lines: Vec<String>,
+    extra_files: Vec<(PathBuf, String)>,
+    extra_databases: Vec<PathBuf>,
     expect_daemon: Option<bool>,
     ready_log: Option<String>,
     allowed: Vec<String>,
@@ -243,6 +245,8 @@ impl ApacheBuilder {
             daemon_socket: None,
             server_lines: Vec::new(),
             vhost_lines: Vec::new(),
+            extra_files: Vec::new(),
+            extra_databases: Vec::new(),
             expect_daemon: None,
             ready_log: None,
             allowed: Vec::new(),
@@ -328,6 +332,20 @@ impl ApacheBuilder {
         self
     }
 
+    /// A file written into the server root before Apache starts (e.g. a second vhost's
+    /// config.php); `{root}` in `text` is replaced by the server root.
+    pub fn extra_file(mut self, relative: impl Into<PathBuf>, text: &str) -> Self {
+        self.extra_files.push((relative.into(), text.to_string()));
+        self
+    }
+
+    /// Another Nextcloud SQLite database (`<datadirectory>/<dbname>.db` of a second vhost's
+    /// config.php), relative to the server root, created like the main one.
+    pub fn extra_database(mut self, relative: impl Into<PathBuf>) -> Self {
+        self.extra_databases.push(relative.into());
+        self
+    }
+
     /// Whether readiness waits for the push daemon (its socket and its process). Default: when the
     /// module is loaded and the vhost has `NextcloudPushConfig`.
     pub fn expect_daemon(mut self, on: bool) -> Self {
@@ -375,8 +393,30 @@ impl ApacheBuilder {
         if self.htaccess {
             fs::write(docroot.join(".htaccess"), NEXTCLOUD_HTACCESS).expect(".htaccess");
         }
+        for (relative, text) in &self.extra_files {
+            let path = root.join(relative);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).expect("mkdir for extra file");
+            }
+            fs::write(&path, text.replace("{root}", &root.display().to_string()))
+                .expect("extra file");
+        }
         let config_php = docroot.join("config/config.php");
         fs::write(&config_php, self.config_php(&root)).expect("config.php");
+        // The SQLite database config.php names (`<datadirectory>/<dbname>.db`), owned like a real
+        // installation's by the user the daemon runs as.
+        let databases = std::iter::once(PathBuf::from("data/nextcloud.db"))
+            .chain(self.extra_databases.iter().cloned())
+            .map(|relative| root.join(relative));
+        for db in databases {
+            let dir = db.parent().expect("database directory").to_path_buf();
+            fs::create_dir_all(&dir).expect("mkdir for database");
+            create_nextcloud_sqlite(&db, "oc_");
+            if euid() == 0 {
+                chown_to_user(&dir, "nobody", "nogroup");
+                chown_to_user(&db, "nobody", "nogroup");
+            }
+        }
 
         let conf = self.httpd_conf(&root, port, &config_php);
         let conf_path = root.join("conf/httpd.conf");
@@ -388,45 +428,10 @@ impl ApacheBuilder {
         if let Some(text) = &self.config_php_text {
             return text.replace("{root}", &root.display().to_string());
         }
-        let nextcloud =
-            self.nextcloud_url.clone().unwrap_or_else(|| "http://127.0.0.1:9".to_string());
+        let nextcloud = self.nextcloud_url.as_deref().unwrap_or("http://127.0.0.1:9");
         let (redis_host, redis_port) =
             self.redis.clone().unwrap_or_else(|| ("127.0.0.1".to_string(), 6379));
-        format!(
-            r#"<?php
-$CONFIG = array (
-  'instanceid' => 'ocncptest01',
-  'passwordsalt' => 'testkit-salt',
-  'secret' => 'testkit-secret',
-  'trusted_domains' =>
-  array (
-    0 => 'localhost',
-    1 => '127.0.0.1',
-  ),
-  'trusted_proxies' => array ( 0 => '127.0.0.1' ),
-  'datadirectory' => '{data}',
-  'dbtype' => 'sqlite3',
-  'dbname' => 'nextcloud',
-  'dbtableprefix' => 'oc_',
-  'version' => '30.0.0.0',
-  'overwrite.cli.url' => '{nextcloud}',
-  'htaccess.RewriteBase' => '/',
-  'installed' => true,
-  'memcache.local' => '\\OC\\Memcache\\APCu',
-  'memcache.distributed' => '\\OC\\Memcache\\Redis',
-  'memcache.locking' => '\\OC\\Memcache\\Redis',
-  'redis' =>
-  array (
-    'host' => '{redis_host}',
-    'port' => {redis_port},
-    'timeout' => 0.0,
-    'dbindex' => 0,
-  ),
-  'maintenance' => false,
-);
-"#,
-            data = root.join("data").display(),
-        )
+        nextcloud_config_php(nextcloud, &redis_host, redis_port, &root.join("data"))
     }
 
     fn httpd_conf(&self, root: &Path, port: u16, config_php: &Path) -> String {
@@ -528,6 +533,115 @@ $CONFIG = array (
     }
 }
 
+/// A real Nextcloud `config.php` (SQLite, Redis memcache) as `occ maintenance:install` writes it,
+/// pointing at a Nextcloud base URL and a Redis server.
+pub fn nextcloud_config_php(
+    nextcloud: &str,
+    redis_host: &str,
+    redis_port: u16,
+    data: &Path,
+) -> String {
+    format!(
+        r#"<?php
+$CONFIG = array (
+  'instanceid' => 'ocncptest01',
+  'passwordsalt' => 'testkit-salt',
+  'secret' => 'testkit-secret',
+  'trusted_domains' =>
+  array (
+    0 => 'localhost',
+    1 => '127.0.0.1',
+  ),
+  'trusted_proxies' => array ( 0 => '127.0.0.1' ),
+  'datadirectory' => '{data}',
+  'dbtype' => 'sqlite3',
+  'dbname' => 'nextcloud',
+  'dbtableprefix' => 'oc_',
+  'version' => '30.0.0.0',
+  'overwrite.cli.url' => '{nextcloud}',
+  'htaccess.RewriteBase' => '/',
+  'installed' => true,
+  'memcache.local' => '\\OC\\Memcache\\APCu',
+  'memcache.distributed' => '\\OC\\Memcache\\Redis',
+  'memcache.locking' => '\\OC\\Memcache\\Redis',
+  'redis' =>
+  array (
+    'host' => '{redis_host}',
+    'port' => {redis_port},
+    'timeout' => 0.0,
+    'dbindex' => 0,
+  ),
+  'maintenance' => false,
+);
+"#,
+        data = data.display(),
+    )
+}
+
+/// Creates Nextcloud's SQLite database with the (empty) tables the push daemon reads,
+/// `{prefix}mounts` and `{prefix}filecache`, in the columns of Nextcloud's schema (the same DDL as
+/// `testkit::db` uses for SQLite). Replaces an existing file.
+pub fn create_nextcloud_sqlite(path: &Path, prefix: &str) {
+    let _ = fs::remove_file(path);
+    let p = prefix;
+    let statements = [
+        format!(
+            "CREATE TABLE {p}filecache (fileid INTEGER NOT NULL PRIMARY KEY, storage BIGINT NOT \
+             NULL DEFAULT 0, path CLOB DEFAULT NULL, path_hash VARCHAR(32) NOT NULL DEFAULT '', \
+             parent BIGINT NOT NULL DEFAULT 0, name VARCHAR(250) DEFAULT NULL)"
+        ),
+        format!(
+            "CREATE TABLE {p}mounts (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, storage_id \
+             BIGINT NOT NULL, root_id BIGINT NOT NULL, user_id VARCHAR(64) NOT NULL, mount_point \
+             VARCHAR(4000) NOT NULL, mount_id BIGINT DEFAULT NULL, mount_provider_class \
+             VARCHAR(128) DEFAULT NULL)"
+        ),
+        format!("CREATE INDEX {p}mounts_storage_index ON {p}mounts (storage_id)"),
+    ];
+    sqlite_exec(path, &statements);
+}
+
+/// Runs SQL statements on an SQLite file (created if missing) and panics on any error. Its own
+/// thread and runtime: callable from sync code and from inside any tokio runtime.
+pub fn sqlite_exec(path: &Path, statements: &[String]) {
+    let (path, statements) = (path.to_path_buf(), statements.to_vec());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime for SQLite");
+        runtime.block_on(async {
+            use sqlx::{Connection, Executor};
+            let options =
+                sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let mut db = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            for sql in &statements {
+                db.execute(sql.as_str()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            let _ = db.close().await;
+        })
+    })
+    .join()
+    .expect("SQLite thread panicked");
+}
+
+/// chown to a user and group looked up in /etc/passwd and /etc/group (no-op if either is
+/// missing).
+fn chown_to_user(path: &Path, user: &str, group: &str) {
+    let id = |file: &str, name: &str| -> Option<u32> {
+        fs::read_to_string(file).ok()?.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+        })
+    };
+    if let (Some(uid), Some(gid)) = (id("/etc/passwd", user), id("/etc/group", group)) {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
 /// The effective uid of this process (std has no geteuid; /proc tells without libc).
 pub fn euid() -> u32 {
     fs::read_to_string("/proc/self/status")
@@ -593,6 +707,8 @@ pub struct Apache {
     exit: Option<ExitStatus>,
     problems: Vec<String>,
     checked: bool,
+    /// Set by [`Apache::ctl`] with `stop`/`graceful-stop`: the parent's exit is the test's doing.
+    exit_expected: bool,
 }
 
 impl Apache {
@@ -633,6 +749,7 @@ impl Apache {
             exit: None,
             problems: Vec::new(),
             checked: false,
+            exit_expected: false,
         };
         match apache.await_ready(b).await {
             Ok(()) => Ok(apache),
@@ -738,6 +855,11 @@ impl Apache {
         &self.root.config_php
     }
 
+    /// The SQLite database the generated config.php names (`<root>/data/nextcloud.db`).
+    pub fn nextcloud_db(&self) -> PathBuf {
+        self.root.path().join("data/nextcloud.db")
+    }
+
     pub fn daemon_socket(&self) -> &Path {
         &self.daemon_socket
     }
@@ -801,10 +923,13 @@ impl Apache {
     }
 
     /// Graceful restart (SIGUSR1 to the parent, what `apache2ctl graceful` and Debian's daily
-    /// logrotate do); returns once the parent logged `AH00489 … resuming normal operations` again.
+    /// logrotate do); returns once the parent logged `… resuming normal operations` again.
     pub async fn graceful_restart(&mut self) {
         assert_eq!(self.mode, Mode::Foreground, "graceful restart needs -DFOREGROUND");
-        let count = |log: &str| log.lines().filter(|l| l.contains("AH00489")).count();
+        // event AH00489, worker AH00292, prefork AH00163: "… configured -- resuming normal
+        // operations".
+        let count =
+            |log: &str| log.lines().filter(|l| l.contains("resuming normal operations")).count();
         let before = count(&self.error_log());
         signal(self.pid, "USR1");
         let deadline = Instant::now() + START_TIMEOUT;
@@ -819,6 +944,39 @@ impl Apache {
                 "no graceful restart within {START_TIMEOUT:?}\n{}",
                 self.error_log()
             );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// `apache2 -f <conf> -k <verb>` against this server (what `apachectl <verb>` does: the
+    /// signal goes to the pid in the PidFile): `graceful`, `restart`, `stop`, `graceful-stop`.
+    /// After `stop`/`graceful-stop` the parent's exit is expected: await it with
+    /// [`Apache::await_exit`]; [`Apache::finish`] still checks that nothing is left behind.
+    pub fn ctl(&mut self, verb: &str) -> std::process::Output {
+        assert_eq!(self.mode, Mode::Foreground, "-k {verb} needs -DFOREGROUND");
+        if verb == "stop" || verb == "graceful-stop" {
+            self.exit_expected = true;
+        }
+        Command::new(find_apache().expect("apache2"))
+            .arg("-f")
+            .arg(&self.root.conf)
+            .args(["-k", verb])
+            .env("LANG", "C")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run apache2 -k")
+    }
+
+    /// Waits (bounded) until the parent exited; its status, or `None` after `timeout`.
+    pub async fn await_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(POLL).await;
         }
     }
@@ -850,8 +1008,10 @@ impl Apache {
             return;
         }
         if let Some(status) = self.try_exit() {
-            self.problems
-                .push(format!("apache2 (pid {}) exited by itself with {status}", self.pid));
+            if !self.exit_expected || !status.success() {
+                self.problems
+                    .push(format!("apache2 (pid {}) exited by itself with {status}", self.pid));
+            }
         } else {
             let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
             let deadline = Instant::now() + STOP_TIMEOUT;

@@ -1,6 +1,6 @@
 //! Test fixtures for mod_nextcloud_push: a real `redis-server` per test ([`redis`]), a Nextcloud
-//! HTTP double ([`nextcloud`]), WebSocket client helpers ([`ws`]) and a real `apache2` harness
-//! ([`apache`]).
+//! HTTP double ([`nextcloud`]), WebSocket client helpers ([`ws`]), a real `apache2` harness
+//! ([`apache`]) and HTTPS for it ([`tls`]: per-run CA and certificate, `wss://` clients).
 //!
 //! Fixtures that need an external binary return `Result<_, Skip>`: tests turn a [`Skip`] into a
 //! printed skip reason with [`require!`]. Under `CI=true` a missing binary panics instead, with
@@ -9,6 +9,7 @@ pub mod apache;
 pub mod db;
 pub mod nextcloud;
 pub mod redis;
+pub mod tls;
 pub mod ws;
 
 use std::fmt;
