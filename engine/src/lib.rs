@@ -171,15 +171,7 @@ impl Engine {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return;
-        }
-        let engine = self.clone();
-        let guard = self.session_guard();
-        self.runtime.spawn(async move {
-            let _guard = guard;
-            session::serve_upgraded(engine, stream, handoff).await;
-        });
+        self.spawn_session(|engine| session::serve_upgraded(engine, stream, handoff));
     }
 
     /// Does the HTTP/1.1 WebSocket upgrade itself, then serves the session (engine tests,
@@ -189,14 +181,23 @@ impl Engine {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.spawn_session(|engine| session::serve_http(engine, stream, peer));
+    }
+
+    /// Runs one session on the engine's runtime, counted for a bounded shutdown; refused once
+    /// the engine is shutting down.
+    fn spawn_session<F>(self: &Arc<Self>, session: impl FnOnce(Arc<Engine>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         if self.shutting_down.load(Ordering::SeqCst) {
             return;
         }
-        let engine = self.clone();
         let guard = self.session_guard();
+        let session = session(self.clone());
         self.runtime.spawn(async move {
             let _guard = guard;
-            session::serve_http(engine, stream, peer).await;
+            session.await;
         });
     }
 
