@@ -10,16 +10,52 @@ use testkit::apache::Mode;
 use testkit::db::{Backend, TestDb};
 use testkit::require;
 
+/// The login of the test server (`NCP_TEST_MYSQL` / `NCP_TEST_PGSQL`, default root / postgres
+/// without a password), for config.php's `dbuser` / `dbpassword`. Percent-escapes in the URL are
+/// decoded; quotes and backslashes are escaped for the PHP string.
+fn login(backend: Backend) -> (String, String) {
+    let default_user = if backend == Backend::MySql { "root" } else { "postgres" };
+    let url = backend.server_url().unwrap_or_default();
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let userinfo = rest.split('/').next().unwrap_or("").rsplit_once('@').map(|(u, _)| u);
+    let (user, password) = match userinfo {
+        Some(u) => u.split_once(':').unwrap_or((u, "")),
+        None => (default_user, ""),
+    };
+    let php = |s: &str| percent_decode(s).replace('\\', "\\\\").replace('\'', "\\'");
+    (php(user), php(password))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The config.php Nextcloud writes for `db`, pointing at the Nextcloud double and Redis.
 fn config_php(db: &TestDb, nextcloud: &str, redis_port: u16) -> String {
     let database = match db.backend {
         Backend::MySql | Backend::Postgres => {
             let addr = db.server_addr().expect("server address of the test database");
-            let (dbtype, user) =
-                if db.backend == Backend::MySql { ("mysql", "root") } else { ("pgsql", "postgres") };
+            let dbtype = if db.backend == Backend::MySql { "mysql" } else { "pgsql" };
+            let (user, password) = login(db.backend);
             format!(
                 "'dbtype' => '{dbtype}', 'dbhost' => '{addr}', 'dbname' => '{}', \
-                 'dbuser' => '{user}', 'dbpassword' => '',",
+                 'dbuser' => '{user}', 'dbpassword' => '{password}',",
                 db.name
             )
         }
@@ -100,6 +136,79 @@ async fn file_events_through_apache(backend: Backend, prefix: &str) {
 
     stack.finish();
     drop(db);
+}
+
+/// A group folder (storage 9, `__groupfolders/3`) mounted by three users; one upload publishes
+/// the file and then its ancestors back to back (spec §2.4). With debouncing on, each user gets
+/// one frame: the ids merged in first-seen order, or plain `notify_file` without the opt-in.
+async fn group_folder_burst_through_apache(backend: Backend) {
+    let db = require!(TestDb::create(backend, "oc_").await);
+    let root = db.add_file(9, "").await;
+    let groupfolders = db.add_file(9, "__groupfolders").await;
+    let folder = db.add_file(9, "__groupfolders/3").await;
+    for user in ["alice", "bob", "carol"] {
+        db.add_mount_row(user, 9, folder, &format!("/{user}/files/Team")).await;
+    }
+    let file = db.add_file(9, "__groupfolders/3/report.odt").await;
+
+    let redis = require!(testkit::redis::RedisServer::start());
+    let nextcloud = common::start_nextcloud();
+    nextcloud.add_user("carol", "carol-password", "carol");
+    let text = config_php(&db, &nextcloud.base_url(), redis.port());
+    let stack = require!(
+        Stack::start_with(Mode::Foreground, redis, nextcloud, |b| b
+            .config_php_text(&text)
+            // Debouncing on (the stack turns it off by default), at its shortest window.
+            .vhost_line("NextcloudPushDebounce On")
+            .vhost_line("NextcloudPushMaxDebounceTime 1"))
+        .await
+    );
+
+    let mut alice = stack.login(ALICE).await;
+    alice.send_text("listen notify_file_id").await;
+    let mut bob = stack.login(BOB).await;
+    bob.send_text("listen notify_file_id").await;
+    let mut carol = Client::login(&stack.ws_url(), "carol", "carol-password", T).await;
+    // The opt-ins are read before anything published after this round trip (custom messages
+    // are never debounced).
+    stack.roundtrip(&mut alice, "alice", "ready").await;
+    stack.roundtrip(&mut bob, "bob", "ready").await;
+
+    let event = |path: &str, id: u64| format!(r#"{{"storage":9,"path":"{path}","file_id":{id}}}"#);
+    for (path, id) in [
+        ("__groupfolders/3/report.odt", file),
+        ("__groupfolders/3", folder),
+        ("__groupfolders", groupfolders),
+        ("", root),
+    ] {
+        stack.publish("notify_storage_update", &event(path, id)).await;
+    }
+    // `__groupfolders` and `''` are above the mount root: they reach nobody.
+    let merged = format!("notify_file_id [{file},{folder}]");
+    alice.expect_text(&merged, T).await;
+    bob.expect_text(&merged, T).await;
+    carol.expect_text("notify_file", T).await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.expect_no_text(QUIET).await;
+    }
+
+    stack.finish();
+    drop(db);
+}
+
+#[tokio::test]
+async fn group_folder_burst_with_mariadb() {
+    group_folder_burst_through_apache(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn group_folder_burst_with_postgresql() {
+    group_folder_burst_through_apache(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn group_folder_burst_with_sqlite() {
+    group_folder_burst_through_apache(Backend::Sqlite).await;
 }
 
 #[tokio::test]
