@@ -1,6 +1,7 @@
 //! Request hooks: claim `<base>/…`, skip the directory walk for it, and handle it — the
-//! WebSocket upgrade with the handoff to the push daemon, the self-test endpoints (404 for
-//! now) and 404 for anything else under the base path.
+//! WebSocket upgrade with the handoff to the push daemon (or the TLS bridge), the self-test
+//! endpoints and `<base>/metrics` (answered by the daemon), and 404 for anything else under the
+//! base path.
 
 use super::log::{log_at, Severity};
 use super::request::Request;
