@@ -133,6 +133,20 @@ impl SendQueue {
         due
     }
 
+    /// The moment after which the earliest pending slot becomes sendable: [`SendQueue::drain`]
+    /// sends it at any `now` strictly later (same `file_debounce`). `None` when nothing is pending.
+    pub fn next_due(&self, file_debounce: Duration) -> Option<Instant> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.pending.is_some())
+            .map(|(index, slot)| {
+                let debounce = if index == 2 { NOTIFICATION_DEBOUNCE } else { file_debounce };
+                (slot.last_sent + debounce).max(slot.last_received + QUIET_WINDOW)
+            })
+            .min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slots.iter().all(|slot| slot.pending.is_none())
     }
@@ -190,6 +204,38 @@ mod tests {
         assert_eq!(debounce_time(10_000, 15, 1.5), ms(22_500));
         assert_eq!(debounce_time(10_000, 3, 1.0), Duration::from_secs(3));
         assert_eq!(debounce_time(10_000, 0, 1.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn next_due_is_the_earliest_sendable_moment() {
+        let base = Instant::now();
+        let d = Duration::from_secs(10);
+        let mut queue = SendQueue::new(base);
+        assert_eq!(queue.next_due(d), None);
+        // nothing sent for 120 s: only the quiet window counts
+        queue.push(file(&[1]), base);
+        queue.push(PushMessage::Activity, base + ms(30));
+        assert_eq!(queue.next_due(d), Some(base + ms(100)));
+        let due = queue.next_due(d).unwrap();
+        // strictly after: nothing at the due moment itself, the file just after it
+        assert!(queue.drain(due, d).is_empty());
+        assert_eq!(queue.drain(due + ms(1), d), vec![file(&[1])]);
+        assert_eq!(queue.next_due(d), Some(base + ms(130)));
+        assert_eq!(queue.drain(base + ms(131), d), vec![PushMessage::Activity]);
+        assert_eq!(queue.next_due(d), None);
+        // after a send the debounce time counts from `last_sent`
+        queue.push(file(&[2]), base + ms(200));
+        assert_eq!(queue.next_due(d), Some(base + ms(101) + d));
+        // a notification only waits its fixed 1 s, so it is due first
+        queue.push(PushMessage::Notification, base + ms(300));
+        assert_eq!(queue.next_due(d), Some(base + ms(400)));
+        assert_eq!(queue.drain(base + ms(401), d), vec![PushMessage::Notification]);
+        queue.push(PushMessage::Notification, base + ms(500));
+        assert_eq!(queue.next_due(d), Some(base + ms(1401)));
+        // at the file's due moment the drain sends file, then notification, in that order
+        let due = base + ms(101) + d;
+        assert_eq!(queue.drain(due + ms(1), d), vec![file(&[2]), PushMessage::Notification]);
+        assert_eq!(queue.next_due(d), None);
     }
 
     #[test]

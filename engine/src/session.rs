@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -29,12 +29,40 @@ const MAX_INCOMING: usize = 4096;
 /// do not turn our close into a RST that could destroy the last text frame.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Read buffer of each session.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of each session. tungstenite grows it to hold a whole incoming frame (up to
+/// [`MAX_INCOMING`]), and zero-fills this much before every read, so smaller is cheaper.
+const READ_BUFFER: usize = 2 * 1024;
+
+/// Fan-out messages taken from the channel in one go (then fed and flushed once), so a burst
+/// costs one write per connection and a busy user still lets the other select arms run.
+const MAX_BATCH: usize = 64;
+
+/// While a debounced message is pending, its due moment is re-computed at least this often, so
+/// a debounce time that shrank (fewer active connections) is picked up as the old tick did.
+const DEBOUNCE_RECHECK: Duration = Duration::from_secs(1);
+
+/// The first wake-up moment on the grid `started + k × tick` (k ≥ 1) that is at or after `due`
+/// and strictly after `after` (the last handled wake-up, `started` before the first). All
+/// per-connection timing happens on this grid, the moments of the incumbent's 500 ms idle tick,
+/// but the timer is only armed for the one moment where something can be due.
+fn next_wake(started: Instant, tick: Duration, after: Instant, due: Instant) -> Instant {
+    let tick = tick.max(Duration::from_millis(1)).as_nanos();
+    let at = |k: u128| {
+        let offset = Duration::from_nanos(u64::try_from(k * tick).unwrap_or(u64::MAX));
+        started.checked_add(offset).unwrap_or(started + Duration::from_secs(86_400 * 365))
+    };
+    let since = |t: Instant| t.saturating_duration_since(started).as_nanos();
+    // ceil(due / tick), at least 1
+    let k = since(due).div_ceil(tick).max(1);
+    // strictly after `after`: floor(after / tick) + 1
+    let k = k.max(since(after) / tick + 1);
+    at(k)
+}
 
 fn ws_config() -> WebSocketConfig {
     // tungstenite reserves its whole read buffer per connection (128 KiB by default): with
-    // 4 KiB incoming frames at most, 4 KiB is enough and makes an idle session ~10x cheaper.
+    // 4 KiB incoming frames at most, 2 KiB is enough (a larger frame grows it while it is read)
+    // and makes an idle session much cheaper.
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_INCOMING))
@@ -145,8 +173,11 @@ async fn run<S>(
         Shutdown,
     }
     let outcome = {
-        let attempt = tokio::time::timeout_at(deadline, login(&engine, &mut ws, &chain));
-        tokio::pin!(attempt);
+        // Boxed: the login (with its Nextcloud request) is by far the largest state of the
+        // session future; on the heap it is freed after login instead of being reserved in
+        // every idle session's task.
+        let mut attempt =
+            Box::pin(tokio::time::timeout_at(deadline, login(&engine, &mut ws, &chain)));
         loop {
             tokio::select! {
                 result = &mut attempt => break match result {
@@ -166,14 +197,15 @@ async fn run<S>(
         Outcome::Login(Login::Disconnected) => return,
         Outcome::Login(Login::Failed(error)) => {
             log::debug!(target: AUTH, "login failed: {error}");
-            return fail(ws, error.to_string()).await;
+            return Box::pin(fail(ws, error.to_string())).await;
         }
         Outcome::Timeout => {
             log::debug!(target: AUTH, "login timed out");
-            return fail(ws, AuthError::Timeout.to_string()).await;
+            return Box::pin(fail(ws, AuthError::Timeout.to_string())).await;
         }
         Outcome::Shutdown => {
-            return close(ws, Some(going_away()), engine.config.timing.shutdown_grace / 2).await
+            return Box::pin(close(ws, Some(going_away()), engine.config.timing.shutdown_grace / 2))
+                .await
         }
     };
 
@@ -185,10 +217,10 @@ async fn run<S>(
     }
     let Some(mut registration) = registration else {
         log::info!(target: AUTH, "NCP1011: connection limit exceeded for {}", LogUser(&uid));
-        return fail(
+        return Box::pin(fail(
             ws,
             "Error while handling authentication: Connection limit exceeded for user".into(),
-        )
+        ))
         .await;
     };
     log::debug!(target: WS, "{} connected", LogUser(&uid));
@@ -296,15 +328,20 @@ impl<'a> Connection<'a> {
         let timing = &self.engine.config.timing;
         // Starvation fix (spec §1.6, §13 "safe to improve"): the incumbent drains the debounce
         // slots only after 500 ms without any new message, so a steady stream of events less
-        // than 500 ms apart holds debounced messages back indefinitely. This tick runs every
-        // 500 ms whatever arrives; the 100 ms quiet window and the debounce time still apply.
-        let mut tick = tokio::time::interval_at(self.started + timing.tick, timing.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // than 500 ms apart holds debounced messages back indefinitely. Here one timer is armed
+        // for the next moment something is due (a pending slot becoming sendable, the next ping
+        // or pong deadline, the maximum connection time), whatever arrives meanwhile; the 100 ms
+        // quiet window and the debounce time still apply. An idle connection wakes up about
+        // once per ping interval instead of every 500 ms.
+        let mut last_wake = self.started;
+        let mut deadline = self.next_deadline(last_wake);
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
         let flow = loop {
             let flow = tokio::select! {
                 // Client frames first: a `listen notify_file_id` pipelined behind the login is
                 // then applied before any event queued for the user meanwhile. Signals and the
-                // tick (rarely ready) before messages, so a busy user cannot starve them.
+                // timer (rarely ready) before messages, so a busy user cannot starve them.
                 biased;
                 incoming = ws.next() => self.on_incoming(incoming),
                 signal = signals.recv() => match signal {
@@ -312,29 +349,32 @@ impl<'a> Connection<'a> {
                     Ok(Signal::Shutdown) | Err(RecvError::Closed) => Flow::Close(Some(going_away())),
                     Err(RecvError::Lagged(_)) => Flow::Continue,
                 },
-                _ = tick.tick() => self.on_tick(&mut ws).await,
-                message = messages.recv() => match message {
-                    Ok(message) => self.on_message(&mut ws, message).await,
-                    Err(RecvError::Lagged(n)) => {
-                        log::debug!(target: WS, "{} lagged, {n} messages dropped", LogUser(self.uid));
-                        Flow::Continue
-                    }
-                    Err(RecvError::Closed) => Flow::End,
-                },
+                () = &mut sleep => {
+                    last_wake = deadline;
+                    self.on_tick(&mut ws).await
+                }
+                message = messages.recv() => self.on_messages(&mut ws, message, messages).await,
             };
             if !matches!(flow, Flow::Continue) {
                 break flow;
             }
+            let next = self.next_deadline(last_wake);
+            if next != deadline {
+                deadline = next;
+                sleep.as_mut().reset(deadline);
+            }
         };
+        // The endings are boxed (here and in `run`): they run once, and inline their state
+        // would enlarge every idle session's task.
         match flow {
-            Flow::Drop => drop_connection(ws).await,
+            Flow::Drop => Box::pin(drop_connection(ws)).await,
             // half the shutdown grace, so a silent client cannot hold up Engine::shutdown
-            Flow::Close(frame) => close(ws, frame, timing.shutdown_grace / 2).await,
+            Flow::Close(frame) => Box::pin(close(ws, frame, timing.shutdown_grace / 2)).await,
             Flow::End => {
                 // flush a pending close echo, if any (bounded)
-                let _ = tokio::time::timeout(LINGER, async {
+                let _ = Box::pin(tokio::time::timeout(LINGER, async {
                     while let Some(Ok(_)) = ws.next().await {}
-                })
+                }))
                 .await;
             }
             Flow::Continue => {}
@@ -383,19 +423,88 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn on_message<S>(&mut self, ws: &mut WebSocketStream<S>, message: PushMessage) -> Flow
+    /// The next wake-up moment (see [`next_wake`]): the earliest of the ping (and pong) deadline,
+    /// the maximum connection time and, when something is pending, its due moment.
+    fn next_deadline(&self, after: Instant) -> Instant {
+        let config = &self.engine.config;
+        // a ping (or the drop for an unanswered one) is due strictly after this
+        let never = self.started + Duration::from_secs(86_400 * 365);
+        let mut due = self.last_send.checked_add(self.ping_interval).unwrap_or(never);
+        if config.max_connection_time > 0 {
+            if let Some(end) =
+                self.started.checked_add(Duration::from_secs(config.max_connection_time))
+            {
+                due = due.min(end);
+            }
+        }
+        if let Some(pending) = self.queue.next_due(self.debounce_time()) {
+            due = due.min(Instant::from_std(pending)).min(Instant::now() + DEBOUNCE_RECHECK);
+        }
+        next_wake(self.started, config.timing.tick, after, due)
+    }
+
+    fn debounce_time(&self) -> Duration {
+        let active = self.engine.counters.active_connections.load(Ordering::Relaxed);
+        debounce_time(active, self.engine.config.max_debounce_time, self.factor)
+    }
+
+    /// Handles `first` and every message already waiting in the channel (up to [`MAX_BATCH`]):
+    /// debounced ones go to their slot, the others are fed in arrival order and flushed once.
+    async fn on_messages<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        first: Result<PushMessage, RecvError>,
+        messages: &mut tokio::sync::broadcast::Receiver<PushMessage>,
+    ) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let now = Instant::now();
-        let immediate = if self.engine.config.debounce {
-            self.queue.push(message, now.into_std())
+        let now = Instant::now().into_std();
+        let mut fed = false;
+        let mut closed = false;
+        let mut next = first;
+        for taken in 1.. {
+            match next {
+                Ok(message) => {
+                    let immediate = if self.engine.config.debounce {
+                        self.queue.push(message, now)
+                    } else {
+                        Some(message)
+                    };
+                    if let Some(message) = immediate {
+                        if !self.feed(ws, message).await {
+                            return Flow::End;
+                        }
+                        fed = true;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    log::debug!(target: WS, "{} lagged, {n} messages dropped", LogUser(self.uid));
+                }
+                Err(RecvError::Closed) => {
+                    closed = true;
+                    break;
+                }
+            }
+            if taken >= MAX_BATCH {
+                break;
+            }
+            next = match messages.try_recv() {
+                Ok(message) => Ok(message),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => break,
+            };
+        }
+        if fed {
+            if let flow @ (Flow::Drop | Flow::End | Flow::Close(_)) = self.flush(ws).await {
+                return flow;
+            }
+        }
+        if closed {
+            Flow::End
         } else {
-            Some(message)
-        };
-        match immediate {
-            Some(message) => self.send(ws, [message]).await,
-            None => Flow::Continue,
+            Flow::Continue
         }
     }
 
@@ -411,11 +520,14 @@ impl<'a> Connection<'a> {
             return Flow::Close(None);
         }
         if !self.queue.is_empty() {
-            let active = self.engine.counters.active_connections.load(Ordering::Relaxed);
-            let debounce = debounce_time(active, config.max_debounce_time, self.factor);
-            let due = self.queue.drain(now.into_std(), debounce);
+            let due = self.queue.drain(now.into_std(), self.debounce_time());
             if !due.is_empty() {
-                if let flow @ (Flow::Drop | Flow::End | Flow::Close(_)) = self.send(ws, due).await {
+                for message in due {
+                    if !self.feed(ws, message).await {
+                        return Flow::End;
+                    }
+                }
+                if let flow @ (Flow::Drop | Flow::End | Flow::Close(_)) = self.flush(ws).await {
                     return flow;
                 }
             }
@@ -439,31 +551,74 @@ impl<'a> Connection<'a> {
         Flow::Continue
     }
 
-    async fn send<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        messages: impl IntoIterator<Item = PushMessage>,
-    ) -> Flow
+    /// Queues one text frame in the WebSocket's write buffer; `false` when the connection broke.
+    async fn feed<S>(&mut self, ws: &mut WebSocketStream<S>, message: PushMessage) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let counters = &self.engine.counters;
-        for message in messages {
-            let counter = match message {
-                PushMessage::File(_) => &counters.sent_file,
-                PushMessage::Activity => &counters.sent_activity,
-                PushMessage::Notification => &counters.sent_notification,
-                PushMessage::Custom(_) => &counters.sent_custom,
-            };
-            if ws.feed(Message::Text(message.to_text(self.listen_file_id))).await.is_err() {
-                return Flow::End;
-            }
-            counter.fetch_add(1, Ordering::Relaxed);
+        let counter = match message {
+            PushMessage::File(_) => &counters.sent_file,
+            PushMessage::Activity => &counters.sent_activity,
+            PushMessage::Notification => &counters.sent_notification,
+            PushMessage::Custom(_) => &counters.sent_custom,
+        };
+        if ws.feed(Message::Text(message.to_text(self.listen_file_id))).await.is_err() {
+            return false;
         }
+        counter.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Writes the fed frames out (one write for the whole batch) and resets the ping timer.
+    async fn flush<S>(&mut self, ws: &mut WebSocketStream<S>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         self.last_send = Instant::now();
         if ws.flush().await.is_err() {
             return Flow::End;
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_wake;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn next_wake_is_the_first_grid_moment_at_or_after_due() {
+        let started = Instant::now();
+        let tick = ms(500);
+        // the first ping: due at `started` (last_send starts one interval back), first tick
+        assert_eq!(next_wake(started, tick, started, started), started + ms(500));
+        // a due moment between grid points waits for the next one
+        assert_eq!(next_wake(started, tick, started, started + ms(620)), started + ms(1000));
+        // on a grid point: that one
+        assert_eq!(next_wake(started, tick, started, started + ms(1500)), started + ms(1500));
+        // never at or before the last handled wake-up, so an equal-time miss cannot spin
+        assert_eq!(
+            next_wake(started, tick, started + ms(1500), started + ms(1500)),
+            started + ms(2000)
+        );
+        assert_eq!(
+            next_wake(started, tick, started + ms(1500), started + ms(100)),
+            started + ms(2000)
+        );
+        // the next ping 30 s after a send at 10.2 s
+        assert_eq!(
+            next_wake(started, tick, started + ms(10_000), started + ms(40_200)),
+            started + ms(40_500)
+        );
+        // a far due moment (max connection time of years) does not overflow
+        let far = next_wake(started, tick, started, started + Duration::from_secs(u32::MAX as u64));
+        assert!(far > started + Duration::from_secs(86_400));
     }
 }

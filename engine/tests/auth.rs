@@ -250,3 +250,24 @@ async fn oversized_auth_frame_is_refused() {
     }
     assert!(h.nextcloud.requests().is_empty());
 }
+
+/// Incoming frames up to 4 KiB are read whole even though the session's read buffer is smaller
+/// (tungstenite grows it for the frame); 4097 bytes are refused. A username of blanks trims to
+/// empty, so the 4000-byte frame is answered without calling Nextcloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_4_kib_are_accepted_before_auth_and_larger_ones_refused() {
+    let h = require!(Harness::start().await);
+    let blanks = " ".repeat(4000);
+    // pipelined with the upgrade request (early data) and sent after it
+    let mut early = RawWs::connect(&h.addr.to_string(), "/ws", &[], &[&blanks, "x"]).await;
+    assert_eq!(early.next_text(FRAME).await, Ok("err: Invalid credentials".into()));
+    let mut late = RawWs::connect(&h.addr.to_string(), "/ws", &[], &[]).await;
+    late.send_text(&blanks).await;
+    late.send_text("x").await;
+    assert_eq!(late.next_text(FRAME).await, Ok("err: Invalid credentials".into()));
+
+    let mut large = RawWs::connect(&h.addr.to_string(), "/ws", &[], &[]).await;
+    // nothing after it: the connection may already be gone (reset) when a second frame is sent
+    large.send_text(&" ".repeat(4097)).await;
+    assert!(matches!(large.next_text(FRAME).await, Err(WsEnd::Dropped(_))));
+}
