@@ -122,8 +122,12 @@ impl Engine {
         let counters = Arc::new(metrics::Counters::default());
         // The database is optional at start: the pool connects lazily and retries (db module).
         let storage_mapping: Arc<dyn StorageMapping> = match &config.database_url {
-            Some(url) => db::DbStorageMapping::from_url(url, &config.table_prefix, db::MappingOptions::default())
-                .map_err(Error::Database)?,
+            Some(url) => db::DbStorageMapping::from_url(
+                url,
+                &config.table_prefix,
+                db::MappingOptions::default(),
+            )
+            .map_err(Error::Database)?,
             None => Arc::new(NoStorageMapping),
         };
         let (storage_updates, storage_updates_rx) =
