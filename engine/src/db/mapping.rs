@@ -193,43 +193,41 @@ impl Pool {
 // `Executor::fetch_all` on the connection (a named `BoxFuture`), not `RawSql::fetch_all` (an
 // async fn generic over the executor): the latter trips rustc's "implementation of `Executor` is
 // not general enough" when the lookup future must be `Send`.
+/// One lookup on a connection of `$pool`, rows decoded with `$decode`. A macro, not a generic
+/// fn: the three sqlx drivers share no trait that keeps the future `Send` (see above). With
+/// `close_on_connection_error`, a connection that failed is not returned to the pool.
+macro_rules! fetch_rows {
+    ($pool:expr, $sql:expr, $decode:expr, close_on_connection_error: $close:expr) => {
+        Box::pin(async move {
+            let mut conn = $pool.acquire().await?;
+            let result = (&mut *conn).fetch_all(sqlx::raw_sql($sql)).await;
+            if $close && matches!(&result, Err(e) if is_connection_error(e)) {
+                conn.close_on_drop();
+            }
+            result.and_then(|rows| rows.iter().map($decode).collect())
+        })
+    };
+}
+
 fn fetch_mysql<'a>(
     pool: &'a sqlx::MySqlPool,
     sql: &'a str,
 ) -> BoxFuture<'a, Result<Vec<MountRow>, sqlx::Error>> {
-    Box::pin(async move {
-        let mut conn = pool.acquire().await?;
-        let result = (&mut *conn).fetch_all(sqlx::raw_sql(sql)).await;
-        if matches!(&result, Err(e) if is_connection_error(e)) {
-            conn.close_on_drop();
-        }
-        result.and_then(|rows| rows.iter().map(decode_mysql).collect())
-    })
+    fetch_rows!(pool, sql, decode_mysql, close_on_connection_error: true)
 }
 
 fn fetch_postgres<'a>(
     pool: &'a sqlx::PgPool,
     sql: &'a str,
 ) -> BoxFuture<'a, Result<Vec<MountRow>, sqlx::Error>> {
-    Box::pin(async move {
-        let mut conn = pool.acquire().await?;
-        let result = (&mut *conn).fetch_all(sqlx::raw_sql(sql)).await;
-        if matches!(&result, Err(e) if is_connection_error(e)) {
-            conn.close_on_drop();
-        }
-        result.and_then(|rows| rows.iter().map(decode_text::<sqlx::Postgres>).collect())
-    })
+    fetch_rows!(pool, sql, decode_text::<sqlx::Postgres>, close_on_connection_error: true)
 }
 
 fn fetch_sqlite<'a>(
     pool: &'a sqlx::SqlitePool,
     sql: &'a str,
 ) -> BoxFuture<'a, Result<Vec<MountRow>, sqlx::Error>> {
-    Box::pin(async move {
-        let mut conn = pool.acquire().await?;
-        let result = (&mut *conn).fetch_all(sqlx::raw_sql(sql)).await;
-        result.and_then(|rows| rows.iter().map(decode_text::<sqlx::Sqlite>).collect())
-    })
+    fetch_rows!(pool, sql, decode_text::<sqlx::Sqlite>, close_on_connection_error: false)
 }
 
 /// MySQL: Nextcloud's tables use a binary collation (`utf8mb4_bin`), which sqlx reports as
