@@ -26,26 +26,8 @@ async fn early_data_is_consumed_before_the_stream() {
     let addr = listener.local_addr().unwrap();
     let apache_engine = engine.clone();
     let apache = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        // read until the head is complete; whatever follows is early data
-        let head_end = loop {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            buffer.extend_from_slice(&chunk[..n]);
-            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-        };
-        let early_data = buffer.split_off(head_end);
-        stream
-            .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-            )
-            .await
-            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (stream, early_data) = answer_upgrade(stream).await;
         let early_len = early_data.len();
         let forwarded_for =
             vec!["198.51.100.9".parse().unwrap(), "::ffff:127.0.0.1".parse().unwrap()];
@@ -105,29 +87,36 @@ async fn serve_one_upgrade(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            buffer.extend_from_slice(&chunk[..n]);
-            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-        };
-        let early_data = buffer.split_off(head_end);
-        stream
-            .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-            )
-            .await
-            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (stream, early_data) = answer_upgrade(stream).await;
         engine
             .accept_upgraded(stream, Handoff { early_data, forwarded_for: vec![], ping_interval });
     });
     addr
+}
+
+/// What Apache does before the handoff: reads until the request head is complete (whatever
+/// follows in the same reads is early data) and answers 101.
+async fn answer_upgrade(mut stream: tokio::net::TcpStream) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+    };
+    let early_data = buffer.split_off(head_end);
+    stream
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    (stream, early_data)
 }
 
 /// Reads frames until a ping; returns how long that took.
