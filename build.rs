@@ -101,6 +101,8 @@ const FUNCTIONS: &[&str] = &[
     "ap_set_content_length",
     "ap_remove_(input|output)_filter_byhandle",
     "ap_hook_child_stopping",
+    // issue #5: stop notices (the parent's stop handlers are wrapped once children start)
+    "ap_hook_child_(status|init)",
     "ap_fflush",
     "apr_brigade_write",
     "apr_pool_cleanup_(register|kill|null)",
@@ -159,7 +161,6 @@ const VARS: &[&str] = &[
     "APR_CTIME_LEN",
     "ap_unixd_config",
     "ap_server_conf",
-    "ap_pid_fname",
     "ap_listeners",
     "APR_IPV4_ADDR_OK",
 ];

@@ -5,7 +5,7 @@
 //! signals, limits, socket, privileges) and then calls [`run`]; its return value is the exit
 //! status.
 
-use crate::apache::unix;
+use crate::apache::{stop_notice, unix};
 use crate::handoff::{self, HandoffAssembler, HandoffError, Hello};
 use nextcloud_push_engine::{Engine, EngineConfig, Handoff, NextcloudRoute};
 use std::io::Write;
@@ -28,8 +28,9 @@ pub const EXIT_STARTUP_FAILED: i32 = 3;
 pub const FD_RESERVE: u64 = 256;
 /// Upper bound of the whole shutdown (engines send close frames and wait for their sessions).
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
-/// How often the daemon looks at Apache's PidFile (see [`DaemonSetup::pid_file`]).
-const PID_FILE_CHECK: Duration = Duration::from_millis(500);
+/// After a stop notice, the parent waits for the daemon's answer (`stop_notice::STOP_WAIT_MS`);
+/// the daemon answers when every session has ended or after this long, whichever is first.
+pub const STOP_ACK_AFTER: Duration = Duration::from_millis(2500);
 
 /// The readiness pipe to the Apache parent, which waits for it in post_config.
 pub struct Ready(std::fs::File);
@@ -61,10 +62,18 @@ pub struct DaemonSetup {
     /// How each engine reaches Nextcloud (same index; missing: the URL, no vouching).
     pub routes: Vec<NextcloudRoute>,
     pub ready: Ready,
-    /// Apache's PidFile. httpd removes it when a graceful-stop begins (and keeps it across
-    /// restarts): once seen and then gone, the daemon stops as on SIGTERM, so bridged (TLS)
-    /// sessions, which keep their Apache children alive, get their Close frame and end.
-    pub pid_file: Option<PathBuf>,
+    /// The daemon's end of the stop-notice channel (`apache::stop_notice`): the Apache parent
+    /// writes `T` on `apachectl stop` (and waits for the answer `A` before it stops the
+    /// children, so bridged sessions get their Close frame through their bridges) or `W` on
+    /// graceful-stop (whose event/worker children would otherwise wait for the bridges).
+    pub stop_notice: Option<OwnedFd>,
+}
+
+/// Why the accept loop ended.
+enum Stop {
+    Signal,
+    /// A stop notice; `Some`: the parent waits for the answer on this stream.
+    Apache(Option<UnixStream>),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit status.
@@ -98,7 +107,7 @@ struct State {
 }
 
 async fn serve(setup: DaemonSetup) -> i32 {
-    let DaemonSetup { listener, socket_path, engines: configs, routes, ready, pid_file } = setup;
+    let DaemonSetup { listener, socket_path, engines: configs, routes, ready, stop_notice } = setup;
     // Install the handlers first: until then SIGTERM would kill us without cleanup.
     let (mut term, mut int) =
         match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -150,29 +159,30 @@ async fn serve(setup: DaemonSetup) -> i32 {
     ready.ok(state.fd_limit);
 
     let mut last_accept_warning: Option<std::time::Instant> = None;
-    let mut pid_check = tokio::time::interval(PID_FILE_CHECK);
-    let mut pid_file_seen = false;
-    loop {
+    let mut notice = stop_notice.and_then(|fd| {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true).ok()?;
+        UnixStream::from_std(stream).ok()
+    });
+    let stop = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = pid_check.tick(), if pid_file.is_some() => {
-                let exists = pid_file.as_deref().is_some_and(|p| p.exists());
-                if exists && !pid_file_seen {
-                    pid_file_seen = true;
-                    log::debug!(
-                        target: "nextcloud_push::daemon",
-                        "NCP0112: watching Apache's PidFile {}",
-                        pid_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
-                    );
-                } else if !exists && pid_file_seen {
-                    log::info!(
-                        target: "nextcloud_push::daemon",
-                        "NCP0111: Apache's PidFile is gone (graceful-stop): stopping"
-                    );
-                    break;
+            _ = term.recv() => break Stop::Signal,
+            _ = int.recv() => break Stop::Signal,
+            byte = next_notice(&mut notice), if notice.is_some() => match byte {
+                Some(stop_notice::NOTICE_STOP) => {
+                    log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping: closing every session before its children stop");
+                    break Stop::Apache(notice.take());
                 }
-            }
+                Some(stop_notice::NOTICE_GRACEFUL_STOP) => {
+                    log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping gracefully: closing every session");
+                    break Stop::Apache(None);
+                }
+                Some(other) => {
+                    log::debug!(target: "nextcloud_push::daemon", "NCP0112: unknown stop notice byte {other:#04x} ignored");
+                }
+                // The parent's end is closed (the parent is gone: PR_SET_PDEATHSIG follows).
+                None => notice = None,
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let state = state.clone();
@@ -193,7 +203,7 @@ async fn serve(setup: DaemonSetup) -> i32 {
                 }
             },
         }
-    }
+    };
 
     state.shutting_down.store(true, Ordering::SeqCst);
     drop(listener);
@@ -203,7 +213,19 @@ async fn serve(setup: DaemonSetup) -> i32 {
         state.live.load(Ordering::SeqCst)
     );
     let all = futures_util::future::join_all(state.engines.iter().map(|e| e.shutdown()));
-    let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, all).await;
+    let all = tokio::time::timeout(SHUTDOWN_DEADLINE, all);
+    tokio::pin!(all);
+    if let Stop::Apache(Some(mut parent)) = stop {
+        // The parent holds back the children's stop until this answer (bounded on its side
+        // too): answer when every session has ended, or after STOP_ACK_AFTER.
+        tokio::select! {
+            _ = &mut all => {}
+            _ = tokio::time::sleep(STOP_ACK_AFTER) => {}
+        }
+        let _ = parent.write_all(&[stop_notice::NOTICE_DONE]).await;
+        drop(parent);
+    }
+    let _ = all.await;
     // Remove the socket only if it is still ours: a replacement daemon may have bound the
     // same path already.
     if let (Some(bound), Ok(now)) = (bound, std::fs::metadata(&socket_path)) {
@@ -213,6 +235,17 @@ async fn serve(setup: DaemonSetup) -> i32 {
     }
     log::info!(target: "nextcloud_push::daemon", "NCP0103: push daemon stopped");
     0
+}
+
+/// The next byte of the stop-notice channel; `None` at EOF or on an error. Pending without a
+/// channel (the select branch is disabled then).
+async fn next_notice(notice: &mut Option<UnixStream>) -> Option<u8> {
+    let Some(stream) = notice.as_mut() else { return std::future::pending().await };
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte).await {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
 }
 
 /// One Apache child's connection: Hello → answer → handoff.

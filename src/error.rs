@@ -25,6 +25,7 @@
 //! | `NCP0019` | info | parent | how many bridged wss sessions MaxRequestWorkers leaves room for (each holds a worker) |
 //! | `NCP0020` | emerg | check_config | invalid `NextcloudPushSocket` (startup refused) |
 //! | `NCP0021` | emerg | check_config | invalid push configuration of a server (startup refused) |
+//! | `NCP0022` | debug | parent | the parent's stop handlers were wrapped for this generation (stop notices to the daemon) |
 //! | `NCP0031` | error | child | push enabled but not set up in this process (503) |
 //! | `NCP0032` | error | child | the daemon did not accept the handoff in time or refused it (503) |
 //! | `NCP0033` | debug | child | the client went away while the 101 was sent |
@@ -39,8 +40,8 @@
 //! | `NCP0107` | debug | daemon | a WebSocket was handed over (early bytes, client IP chain) |
 //! | `NCP0108` | debug | daemon | a bridged (TLS) WebSocket arrived from an Apache worker (early bytes, client IP chain, ping interval) |
 //! | `NCP0109` | warn | daemon | a connection to the daemon socket from a uid other than root or Apache's `User` was refused (peer credentials) |
-//! | `NCP0111` | info | daemon | Apache's PidFile disappeared (graceful-stop began): the daemon stops as on SIGTERM |
-//! | `NCP0112` | debug | daemon | the daemon saw Apache's PidFile (from now on its removal means graceful-stop) |
+//! | `NCP0111` | info | daemon | stop notice from the Apache parent (`apachectl stop` or `graceful-stop`): every session gets Close 1001, then the daemon exits |
+//! | `NCP0112` | debug | daemon | an unknown byte on the stop-notice channel was ignored |
 //! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
 //! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
 //! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |

@@ -85,15 +85,16 @@ fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-/// `apache2 -k graceful` (what `apachectl graceful` and Debian's logrotate do); returns once the
-/// parent logged `… resuming normal operations` again (AH00489/AH00292/AH00163).
-async fn ctl_graceful(stack: &mut Stack) {
+/// `apache2 -k graceful` (what `apachectl graceful` and Debian's logrotate do) or `-k restart`
+/// (a hard restart); returns once the parent logged `… resuming normal operations` again
+/// (AH00489/AH00292/AH00163).
+async fn ctl_restart(stack: &mut Stack, verb: &str) {
     let before = count(&stack.apache.error_log(), "resuming normal operations");
-    let out = stack.apache.ctl("graceful");
-    assert!(out.status.success(), "apache2 -k graceful: {}", String::from_utf8_lossy(&out.stderr));
+    let out = stack.apache.ctl(verb);
+    assert!(out.status.success(), "apache2 -k {verb}: {}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + T;
     while count(&stack.apache.error_log(), "resuming normal operations") <= before {
-        assert!(Instant::now() < deadline, "no graceful restart\n{}", stack.apache.error_log());
+        assert!(Instant::now() < deadline, "no {verb}\n{}", stack.apache.error_log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -118,7 +119,7 @@ async fn graceful_keeps_every_session(mpm: Mpm) -> Result<(), testkit::Skip> {
     }
     all_receive(&stack, &mut clients, "before_graceful").await;
 
-    ctl_graceful(&mut stack).await;
+    ctl_restart(&mut stack, "graceful").await;
     stack.apache.graceful_restart().await;
     assert_eq!(stack.apache.daemon_pid(), Some(daemon), "{}: graceful kept the daemon", mpm.name());
     all_receive(&stack, &mut clients, "after_graceful").await;
@@ -150,6 +151,31 @@ async fn graceful_keeps_200_sessions_under_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_keeps_200_sessions_under_prefork() {
     require!(graceful_keeps_every_session(Mpm::Prefork).await);
+}
+
+/// `apachectl restart` (SIGHUP: a hard restart stops every child at once): plain sessions live
+/// in the daemon, which is kept, so they stay open and keep receiving; new clients connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_restart_keeps_plain_sessions() {
+    for mpm in Mpm::ALL {
+        let mut stack = require!(stack(mpm, |b| b).await);
+        let daemon = stack.apache.daemon_pid().expect("daemon");
+        let mut clients = crowd(&stack.ws_url(), 8).await;
+        all_receive(&stack, &mut clients, "before_restart").await;
+        ctl_restart(&mut stack, "restart").await;
+        assert_eq!(
+            stack.apache.daemon_pid(),
+            Some(daemon),
+            "{}: restart kept the daemon",
+            mpm.name()
+        );
+        all_receive(&stack, &mut clients, "after_restart").await;
+        let mut fresh = crowd(&stack.ws_url(), 4).await;
+        all_receive(&stack, &mut fresh, "fresh").await;
+        drop(clients);
+        drop(fresh);
+        stack.finish();
+    }
 }
 
 /// A graceful reload with a changed push configuration replaces the daemon: its sessions get a

@@ -16,7 +16,7 @@
 
 use super::log::{log_at, Severity};
 use super::process::{self, SpawnSpec};
-use super::{ffi, pool, server_config};
+use super::{ffi, pool, server_config, stop_notice};
 use crate::config::{ServerConfig, DEFAULT_SOCKET, MAX_SOCKET_PATH};
 use crate::handoff;
 use nextcloud_push_engine::EngineConfig;
@@ -34,9 +34,9 @@ const FAST_FAILURE_SECS: i64 = 10;
 /// After this many fast failures in a row, respawns wait for the monitor hook (~10 s).
 const MAX_FAST_FAILURES: u32 = 3;
 
-const RETAINED_KEY: &CStr = c"mod_nextcloud_push:retained:v3";
+const RETAINED_KEY: &CStr = c"mod_nextcloud_push:retained:v4";
 const PLAN_KEY: &CStr = c"mod_nextcloud_push:plan";
-const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0003; // "NCPUSH" v3
+const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0004; // "NCPUSH" v4
 
 /// Process-lifetime state in `ap_retained_data` (zeroed on creation). Layout is frozen for the
 /// key above: change the key when changing it.
@@ -64,9 +64,35 @@ struct Retained {
     /// kept (and on a respawn, which the current children cannot learn about), inherited by
     /// the Apache children through their server configuration.
     vouch_key: [u8; nextcloud_push_engine::vouch::KEY_LEN],
+    /// The parent's end of the running daemon's stop-notice channel plus one (0 = none; the
+    /// memory starts zeroed and 0 is a valid descriptor). See `stop_notice`.
+    notice_fd_plus_one: i32,
 }
 
 impl Retained {
+    fn notice_fd(&self) -> Option<std::os::fd::RawFd> {
+        (self.notice_fd_plus_one > 0).then_some(self.notice_fd_plus_one - 1)
+    }
+
+    /// A new daemon's channel (the descriptor is kept open for the process's life, across
+    /// restarts, until [`Retained::close_notice`]).
+    fn set_notice(&mut self, fd: std::os::fd::OwnedFd) {
+        self.close_notice();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        self.notice_fd_plus_one = fd + 1;
+        stop_notice::set_channel(fd);
+    }
+
+    /// The daemon is gone or replaced: forget its channel (the signal wrapper first).
+    fn close_notice(&mut self) {
+        stop_notice::set_channel(-1);
+        if let Some(fd) = self.notice_fd() {
+            // SAFETY: our own descriptor, stored by set_notice; nothing else owns it.
+            unsafe { libc::close(fd) };
+        }
+        self.notice_fd_plus_one = 0;
+    }
+
     fn socket_path(&self) -> Option<PathBuf> {
         let n = self.socket.iter().position(|b| *b == 0).unwrap_or(self.socket.len());
         std::str::from_utf8(&self.socket[..n]).ok().filter(|s| !s.is_empty()).map(PathBuf::from)
@@ -82,6 +108,7 @@ impl Retained {
 
 /// Stops the running daemon (SIGTERM, ≤ 5 s, SIGKILL), reaps it and removes its socket.
 fn stop_running(ret: &mut Retained) {
+    ret.close_notice();
     if ret.pid != 0 {
         let pid = ret.pid;
         let how = process::stop(pid, STOP_GRACE);
@@ -319,6 +346,8 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
                 Severity::Debug,
                 &format!("NCP0005: keeping push daemon pid {} (configuration unchanged)", ret.pid),
             );
+            // This DSO was reloaded: the signal wrapper's copy of the channel starts empty.
+            stop_notice::set_channel(ret.notice_fd().unwrap_or(-1));
         } else {
             log_at(
                 s,
@@ -332,6 +361,7 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         }
     } else {
         ret.pid = 0;
+        ret.close_notice();
     }
     // A new daemon gets a new vouching key; a kept one keeps its key (issue #4).
     if ret.pid == 0 {
@@ -461,8 +491,9 @@ fn start(plan: &mut Plan, ret: &mut Retained) {
     };
     // SAFETY: parent only, single-threaded, live pconf/server (the plan lives in pconf).
     match unsafe { process::spawn(&spec) } {
-        Ok(pid) => {
+        Ok((pid, notice)) => {
             ret.pid = pid;
+            ret.set_notice(notice);
             // SAFETY: plain APR call.
             ret.spawned_at = unsafe { ffi::apr_time_now() };
             store_fingerprint(ret, &plan.fingerprint);
@@ -547,6 +578,7 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
                 let ret = unsafe { retained() };
                 let pid = ret.pid;
                 ret.pid = 0;
+                ret.close_notice();
                 if stopping() {
                     return;
                 }
@@ -604,6 +636,8 @@ fn stopping() -> bool {
 /// # Safety
 /// Parent only; `p` is pconf.
 pub unsafe fn monitor(p: *mut ffi::apr_pool_t) {
+    // SAFETY: parent only, after the MPM installed its signal handlers; live pconf.
+    unsafe { wrap_stop_signals(p) };
     // SAFETY: parent only.
     let ret = unsafe { retained() };
     if ret.respawn_pending == 0 || ret.pid != 0 || ret.no_respawn != 0 || stopping() {
@@ -632,4 +666,20 @@ unsafe extern "C" fn stop_on_exit(_data: *mut c_void) -> ffi::apr_status_t {
         }
     });
     0
+}
+
+/// `child_status` (a child started) and `monitor`: the parent's stop handlers notify the
+/// daemon from now on (`stop_notice`); logged once per generation.
+///
+/// # Safety
+/// Parent only, after `ap_unixd_mpm_set_signals`; live pconf.
+pub unsafe fn wrap_stop_signals(pconf: *mut ffi::apr_pool_t) {
+    // SAFETY: per contract.
+    if unsafe { stop_notice::install(pconf) } {
+        log_at(
+            std::ptr::null(),
+            Severity::Debug,
+            "NCP0022: apachectl stop and graceful-stop now notify the push daemon first",
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! - [`lifecycle`]: `check_config`, `post_config`, the push daemon's spawn/watch/respawn/stop in
 //!   the Apache parent (state in `ap_retained_data`);
 //! - [`process`]: what the forked daemon does before it runs safe code (fork hygiene);
+//! - [`stop_notice`]: the parent's stop signals, passed on to the daemon before the children stop;
 //! - [`handler`] and [`request`]: claiming `<base>/…` and the WebSocket upgrade + handoff;
 //! - [`bridge`]: the worker-held plaintext relay for WebSockets over TLS (mod_ssl);
 //! - [`vouch`]: the client-IP vouching hook (`post_read_request`) and the vhost's own address;
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod process;
 pub mod request;
 pub mod server_config;
+pub mod stop_notice;
 pub mod unix;
 pub mod vouch;
 

@@ -134,6 +134,22 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
                 ptr::null(),
                 ffi::APR_HOOK_MIDDLE as c_int,
             );
+            // Parent, whenever the MPM started a child (so after it installed its signal
+            // handlers): wrap the stop handlers so `apachectl stop`/`graceful-stop` notify the
+            // push daemon before the children stop (issue #5, `stop_notice`).
+            ffi::ap_hook_child_status(
+                Some(child_status),
+                ptr::null(),
+                ptr::null(),
+                ffi::APR_HOOK_MIDDLE as c_int,
+            );
+            // Child, after fork: drop the inherited copy of the stop-notice channel.
+            ffi::ap_hook_child_init(
+                Some(child_init),
+                ptr::null(),
+                ptr::null(),
+                ffi::APR_HOOK_MIDDLE as c_int,
+            );
         }
     });
 }
@@ -224,6 +240,31 @@ unsafe extern "C" fn map_to_storage(r: *mut ffi::request_rec) -> c_int {
 
 unsafe extern "C" fn child_stopping(_pchild: *mut ffi::apr_pool_t, graceful: c_int) {
     super::guard("child_stopping", (), || super::bridge::child_stopping(graceful != 0));
+}
+
+unsafe extern "C" fn child_status(
+    s: *mut ffi::server_rec,
+    _pid: libc::pid_t,
+    _gen: ffi::ap_generation_t,
+    _slot: c_int,
+    state: ffi::mpm_child_status,
+) {
+    super::guard("child_status", (), || {
+        if state != ffi::MPM_CHILD_STARTED {
+            return;
+        }
+        // SAFETY: httpd passes its live main server, whose process record holds pconf.
+        unsafe {
+            if s.is_null() || (*s).process.is_null() {
+                return;
+            }
+            lifecycle::wrap_stop_signals((*(*s).process).pconf);
+        }
+    });
+}
+
+unsafe extern "C" fn child_init(_pchild: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) {
+    super::guard("child_init", (), super::stop_notice::forget_in_child);
 }
 
 unsafe extern "C" fn handler_hook(r: *mut ffi::request_rec) -> c_int {

@@ -4,7 +4,7 @@
 //! The parent has no threads (httpd forbids them with forked MPMs), so `fork()` is safe and the
 //! child may allocate. The child inherits the parent's listeners, scoreboard, pipes, log files,
 //! signal handlers and root; in order, it: closes the listeners and every descriptor except
-//! 0–2, the readiness pipe and the main error log; points stdin/stdout at /dev/null; resets
+//! 0–2, the readiness pipe, the stop-notice channel (`stop_notice`) and the main error log; points stdin/stdout at /dev/null; resets
 //! signal handlers and unblocks signals; raises `RLIMIT_NOFILE`; binds its socket (0700,
 //! chowned to `User`); drops privileges; asks for SIGTERM when the parent dies; renames itself
 //! `nextcloud-push`; and only then starts tokio.
@@ -40,11 +40,33 @@ pub struct SpawnSpec<'a> {
     pub level: ::log::LevelFilter,
 }
 
-/// Forks the daemon and waits (bounded) until it reports ready. Returns its pid.
+/// Forks the daemon and waits (bounded) until it reports ready. Returns its pid and the
+/// parent's end of its stop-notice channel (`stop_notice`; nonblocking, close-on-exec).
 ///
 /// # Safety
 /// Only in the Apache parent, with no other threads, with live `pconf`/`server`.
-pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, String> {
+pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), String> {
+    let mut pair: [c_int; 2] = [-1, -1];
+    // SAFETY: socketpair fills two fresh descriptors on success.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both are fresh and owned only here.
+    let (notice_parent, notice_daemon) =
+        unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    // SAFETY: fcntl on our own fresh descriptor.
+    unsafe {
+        let flags = libc::fcntl(notice_parent.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(notice_parent.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
     let mut fds: [c_int; 2] = [-1, -1];
     // SAFETY: pipe2 fills two fresh descriptors on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -62,14 +84,16 @@ pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, String> {
     }
     if pid == 0 {
         drop(read_end);
+        drop(notice_parent);
         let code = super::guard("push daemon", EXIT_PANIC, || {
             // SAFETY: this is the freshly forked child of a single-threaded parent.
-            unsafe { child_main(spec, write_end, parent) }
+            unsafe { child_main(spec, write_end, notice_daemon, parent) }
         });
         super::unix::exit_now(code);
     }
     drop(write_end);
-    wait_ready(read_end, pid)
+    drop(notice_daemon);
+    wait_ready(read_end, pid).map(|pid| (pid, notice_parent))
 }
 
 /// Parent side: reads the readiness pipe until "OK", "ERR …", EOF or the timeout.
@@ -204,7 +228,12 @@ pub fn describe_status(status: c_int) -> String {
 ///
 /// # Safety
 /// Only in the freshly forked child; `spec`'s pointers are the parent's (copied) live ones.
-unsafe fn child_main(spec: &SpawnSpec<'_>, ready: OwnedFd, parent: libc::pid_t) -> i32 {
+unsafe fn child_main(
+    spec: &SpawnSpec<'_>,
+    ready: OwnedFd,
+    notice: OwnedFd,
+    parent: libc::pid_t,
+) -> i32 {
     aplog::enter_daemon_mode(spec.level);
 
     // 1. Listeners: Apache must be able to rebind its ports after a stop.
@@ -212,12 +241,13 @@ unsafe fn child_main(spec: &SpawnSpec<'_>, ready: OwnedFd, parent: libc::pid_t) 
     unsafe { ffi::ap_close_listeners() };
 
     // 2. Every other inherited descriptor: scoreboard, pod and piped-logger pipes, access
-    // logs, vhost error logs. Kept: 0-2 (stderr is the main ErrorLog), the readiness pipe
-    // (created last, so it cannot be one of httpd's) and the main error log's own fd (httpd
-    // code such as the privilege drop may log to it; it is the same file as fd 2).
+    // logs, vhost error logs. Kept: 0-2 (stderr is the main ErrorLog), the readiness pipe and
+    // the stop-notice channel (created here, so they cannot be httpd's) and the main error
+    // log's own fd (httpd code such as the privilege drop may log to it; it is the same file
+    // as fd 2).
     // SAFETY: reading the parent's live main server.
     let errlog = unsafe { main_error_log_fd(spec.server) };
-    let mut keep = vec![0, 1, 2, ready.as_raw_fd()];
+    let mut keep = vec![0, 1, 2, ready.as_raw_fd(), notice.as_raw_fd()];
     keep.extend(errlog);
     close_all_except(&mut keep);
     let ready = Ready::new(ready);
@@ -277,25 +307,8 @@ unsafe fn child_main(spec: &SpawnSpec<'_>, ready: OwnedFd, parent: libc::pid_t) 
         engines: spec.engines.to_vec(),
         routes: spec.routes.to_vec(),
         ready,
-        // SAFETY: the parent's live pool and httpd's PidFile global (copied by fork).
-        pid_file: unsafe { pid_file(spec.pconf) },
+        stop_notice: Some(notice),
     })
-}
-
-/// Apache's PidFile (`ap_pid_fname`, relative to ServerRoot).
-///
-/// # Safety
-/// In the forked daemon, before any thread exists; `pconf` is the parent's (copied) pool.
-unsafe fn pid_file(pconf: *mut ffi::apr_pool_t) -> Option<std::path::PathBuf> {
-    // SAFETY: per contract; ap_pid_fname is NULL or a pool string, ap_server_root_relative
-    // returns NULL or a pool string.
-    unsafe {
-        if ffi::ap_pid_fname.is_null() {
-            return None;
-        }
-        let path = ffi::ap_server_root_relative(pconf, ffi::ap_pid_fname);
-        super::pool::cstr(path).map(std::path::PathBuf::from)
-    }
 }
 
 /// # Safety
