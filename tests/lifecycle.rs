@@ -2,10 +2,11 @@
 //! prefork MPMs: graceful reloads with 200 connected clients (plain and wss) that all keep
 //! receiving, a changed configuration that replaces the daemon (clients get a Close frame),
 //! stop and graceful-stop (Close 1001, nothing left behind, socket removed), a SIGKILLed daemon
-//! (respawned within 2 s, 503 meanwhile), child recycling (MaxConnectionsPerChild 1), configtest
-//! (no daemon, nothing left), and the daemon's process hygiene (name, uid, descriptors, peer
-//! credentials). Processes and descriptors are checked through /proc. Every test ends with the
-//! error-log oracle.
+//! (respawned within 2 s, 503 meanwhile), a hard restart, child recycling
+//! (MaxConnectionsPerChild 1), configtest (no daemon, nothing left), the daemon's process
+//! hygiene (name, uid, descriptors, peer credentials) and its RLIMIT_NOFILE (the hard limit
+//! taken; 503 when it is used up). Processes, descriptors and limits are checked through /proc.
+//! Every test ends with the error-log oracle.
 
 mod common;
 
@@ -623,4 +624,97 @@ async fn peer_credentials_are_checked(stack: &mut Stack) {
     std::fs::set_permissions(socket.parent().unwrap(), std::fs::Permissions::from_mode(dir_mode))
         .unwrap();
     stack.apache.await_error_log("NCP0109", T).await;
+}
+
+/// Descriptors the daemon keeps for itself (`daemon::FD_RESERVE`, docs/internals.md).
+const FD_RESERVE: u64 = 256;
+/// The sessions the daemon should hold when Apache's hard limit allows (issue #5).
+const WANTED_SESSIONS: u64 = 50_000;
+
+/// RLIMIT_NOFILE (issue #5). Apache started with soft 1024 and this machine's hard limit (what
+/// systemd gives apache2.service on Debian: 1024:524288): the daemon runs with soft = hard, and
+/// NCP0018 appears exactly when that leaves room for fewer than 50 000 sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_takes_the_hard_fd_limit() {
+    let (_, hard) = testkit::limits::nofile("self").expect("own limits");
+    let hard = hard.min(testkit::limits::nr_open());
+    let mut stack = require!(stack(Mpm::Event, |b| b.nofile(1024, hard).allow("NCP0018")).await);
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    let (soft_d, hard_d) = testkit::limits::nofile(&daemon.to_string()).expect("daemon limits");
+    assert_eq!(soft_d, hard_d, "the daemon raises its soft limit to the hard limit");
+    assert!(hard_d >= hard, "daemon hard limit {hard_d} below Apache's {hard}");
+    let warned = stack.apache.error_log().contains("NCP0018");
+    assert_eq!(warned, soft_d - FD_RESERVE < WANTED_SESSIONS, "NCP0018 at fd limit {soft_d}");
+    eprintln!(
+        "daemon RLIMIT_NOFILE {soft_d}:{hard_d} (Apache started with 1024:{hard}): room for {} \
+         sessions",
+        soft_d - FD_RESERVE
+    );
+    stack.finish();
+}
+
+/// When the daemon's descriptors run out, an upgrade gets a quick 503 with Retry-After (the
+/// daemon refuses before any 101; NCP0032 in Apache's log, NCP0106 in the daemon's), every
+/// open session keeps receiving, and once some sessions end new ones are admitted again.
+/// Apache runs with RLIMIT_NOFILE 300 (and without CAP_SYS_RESOURCE), so 44 sessions fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_answers_503() {
+    let mut stack = require!(
+        stack(Mpm::Event, |b| b
+            .nofile(300, 300)
+            .allow("NCP0018")
+            .allow("NCP0032")
+            .allow("NCP0106"))
+        .await
+    );
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    let (limit, _) = testkit::limits::nofile(&daemon.to_string()).expect("daemon limits");
+    assert_eq!(limit, 300, "the daemon could not raise the limit Apache was started with");
+    let room = (limit - FD_RESERVE) as usize;
+    stack.apache.await_error_log(&format!("at most {room} push sessions"), T).await;
+    let mut clients = crowd(&stack.ws_url(), room).await;
+
+    for _ in 0..3 {
+        let (status, took) = attempt(&stack).await;
+        assert_eq!(status, Some(503), "upgrade with {room} sessions open");
+        assert!(took < Duration::from_millis(500), "503 took {took:?}");
+    }
+    let (_stream, head, _) =
+        raw_request(stack.apache.addr(), upgrade_request(stack.apache.port(), "").as_bytes(), T)
+            .await;
+    assert!(head.contains("Retry-After:"), "{head}");
+    stack.apache.await_error_log("NCP0106", T).await;
+    assert!(stack.apache.error_log().contains("fd limit 300"));
+    all_receive(&stack, &mut clients, "full_house").await;
+
+    // Four sessions end: four new ones get in (once the daemon has seen them go).
+    for (_, client) in clients.drain(..4) {
+        client.close().await;
+    }
+    let deadline = Instant::now() + T;
+    let mut fresh = Vec::new();
+    while fresh.len() < 4 {
+        assert!(Instant::now() < deadline, "no room again after 4 sessions ended");
+        let upgrade = upgrade_request(stack.apache.port(), "");
+        let (stream, head, leftover) =
+            raw_request(stack.apache.addr(), upgrade.as_bytes(), T).await;
+        match status_of(&head) {
+            Some(101) => {
+                let user = USERS[fresh.len()];
+                let mut client = Client::from_raw(stream, leftover).await;
+                client.send_login(user, &password(user)).await;
+                client.expect_text(common::AUTHENTICATED, T).await;
+                fresh.push((user, client));
+            }
+            // The daemon has not seen the closed sessions end yet.
+            Some(503) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("unexpected answer {other:?}: {head}"),
+        }
+    }
+    all_receive(&stack, &mut clients, "after").await;
+    all_receive(&stack, &mut fresh, "after").await;
+    assert_eq!(stack.apache.daemon_pid(), Some(daemon), "the daemon survived");
+    drop(clients);
+    drop(fresh);
+    stack.finish();
 }

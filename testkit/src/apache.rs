@@ -229,6 +229,7 @@ pub struct ApacheBuilder {
     expect_daemon: Option<bool>,
     ready_log: Option<String>,
     allowed: Vec<String>,
+    nofile: Option<(u64, u64)>,
 }
 
 impl ApacheBuilder {
@@ -250,6 +251,7 @@ impl ApacheBuilder {
             expect_daemon: None,
             ready_log: None,
             allowed: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -356,6 +358,14 @@ impl ApacheBuilder {
     /// Readiness also waits for an error-log line containing this text.
     pub fn ready_log(mut self, needle: &str) -> Self {
         self.ready_log = Some(needle.to_string());
+        self
+    }
+
+    /// Starts apache2 with this RLIMIT_NOFILE (soft, hard), through util-linux `prlimit`, and,
+    /// when this process has CAP_SYS_RESOURCE, through `setpriv` without it, so nothing under
+    /// Apache (the push daemon included) can raise the hard limit again.
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -723,7 +733,20 @@ impl Apache {
     ) -> Result<Apache, (String, bool)> {
         let stdout = fs::File::create(root.path().join("logs/stdout.log")).expect("stdout.log");
         let stderr = fs::File::create(root.path().join("logs/stderr.log")).expect("stderr.log");
-        let child = Command::new(&b.env.apache_bin)
+        let mut command = match b.nofile {
+            None => Command::new(&b.env.apache_bin),
+            Some((soft, hard)) => {
+                // Both exec the next program: the pid stays apache2's.
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}")).arg("--");
+                if crate::limits::has_cap_sys_resource() {
+                    c.args(["setpriv", "--bounding-set", "-sys_resource", "--"]);
+                }
+                c.arg(&b.env.apache_bin);
+                c
+            }
+        };
+        let child = command
             .args(mode.args())
             .arg("-f")
             .arg(&root.conf)

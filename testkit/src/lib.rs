@@ -7,6 +7,7 @@
 //! what to install.
 pub mod apache;
 pub mod db;
+pub mod limits;
 pub mod nextcloud;
 pub mod redis;
 pub mod tls;
