@@ -657,16 +657,10 @@ async fn daemon_takes_the_hard_fd_limit() {
 /// daemon refuses before any 101; NCP0032 in Apache's log, NCP0106 in the daemon's), every
 /// open session keeps receiving, and once some sessions end new ones are admitted again.
 /// Apache runs with RLIMIT_NOFILE 300 (and without CAP_SYS_RESOURCE), so 44 sessions fill it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn running_out_of_descriptors_answers_503() {
-    let mut stack = require!(
-        stack(Mpm::Event, |b| b
-            .nofile(300, 300)
-            .allow("NCP0018")
-            .allow("NCP0032")
-            .allow("NCP0106"))
-        .await
-    );
+async fn out_of_descriptors(mpm: Mpm) -> Result<(), testkit::Skip> {
+    let mut stack =
+        stack(mpm, |b| b.nofile(300, 300).allow("NCP0018").allow("NCP0032").allow("NCP0106"))
+            .await?;
     let daemon = stack.apache.daemon_pid().expect("daemon");
     let (limit, _) = testkit::limits::nofile(&daemon.to_string()).expect("daemon limits");
     assert_eq!(limit, 300, "the daemon could not raise the limit Apache was started with");
@@ -717,4 +711,12 @@ async fn running_out_of_descriptors_answers_503() {
     drop(clients);
     drop(fresh);
     stack.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_answers_503() {
+    for mpm in Mpm::ALL {
+        require!(out_of_descriptors(mpm).await);
+    }
 }
