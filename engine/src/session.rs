@@ -31,7 +31,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// Read buffer of each session. tungstenite grows it to hold a whole incoming frame (up to
 /// [`MAX_INCOMING`]), and zero-fills this much before every read, so smaller is cheaper.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 512;
 
 /// Fan-out messages taken from the channel in one go (then fed and flushed once), so a burst
 /// costs one write per connection and a busy user still lets the other select arms run.
@@ -61,8 +61,8 @@ fn next_wake(started: Instant, tick: Duration, after: Instant, due: Instant) -> 
 
 fn ws_config() -> WebSocketConfig {
     // tungstenite reserves its whole read buffer per connection (128 KiB by default): with
-    // 4 KiB incoming frames at most, 2 KiB is enough (a larger frame grows it while it is read)
-    // and makes an idle session much cheaper.
+    // 4 KiB incoming frames at most, 512 bytes hold a login frame (a larger frame grows it
+    // while it is read) and make an idle session much cheaper.
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_INCOMING))
@@ -224,9 +224,15 @@ async fn run<S>(
         .await;
     };
     log::debug!(target: WS, "{} connected", LogUser(&uid));
-    Connection::new(&engine, &uid, ping_interval)
-        .serve(ws, &mut registration.receiver, signals)
-        .await;
+    // Boxed like the login: the task keeps the size of the largest state of this future for
+    // its whole life, and inline the serving state (the WebSocket moved through every async fn
+    // level) would be stored more than once.
+    Box::pin(Connection::new(&engine, &uid, ping_interval).serve(
+        ws,
+        &mut registration.receiver,
+        signals,
+    ))
+    .await;
     log::debug!(target: WS, "{} disconnected", LogUser(&uid));
 }
 
@@ -351,7 +357,9 @@ impl<'a> Connection<'a> {
                 },
                 () = &mut sleep => {
                     last_wake = deadline;
-                    self.on_tick(&mut ws).await
+                    // boxed: rare (about once per ping interval), and inline it would
+                    // enlarge every session
+                    Box::pin(self.on_tick(&mut ws)).await
                 }
                 message = messages.recv() => self.on_messages(&mut ws, message, messages).await,
             };
@@ -620,5 +628,21 @@ mod tests {
         // a far due moment (max connection time of years) does not overflow
         let far = next_wake(started, tick, started, started + Duration::from_secs(u32::MAX as u64));
         assert!(far > started + Duration::from_secs(86_400));
+    }
+}
+#[cfg(test)]
+mod task_size {
+    fn future_size<A, B, C, F: std::future::Future>(_f: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A session's task is allocated at the size of its largest state and keeps it while the
+    /// client idles, so the login and the serving phase live in their own boxes and the task
+    /// holds little more than the WebSocket. Without the boxes it was about 3 KiB (the stream
+    /// was stored once per async-fn level it passed through).
+    #[test]
+    fn an_idle_session_task_stays_small() {
+        let size = future_size(super::serve_upgraded::<tokio::net::TcpStream>);
+        assert!(size <= 1536, "session task future is {size} bytes");
     }
 }
