@@ -37,6 +37,12 @@ const MAX_FAST_FAILURES: u32 = 3;
 const RETAINED_KEY: &CStr = c"mod_nextcloud_push:retained:v4";
 const PLAN_KEY: &CStr = c"mod_nextcloud_push:plan";
 const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0004; // "NCPUSH" v4
+/// The previous layout: [`Retained`] without its last field. A graceful restart from a build
+/// that used it copies it forward, so that build's daemon is found (and replaced) instead of
+/// being left running beside a new one.
+const PREVIOUS_KEY: &CStr = c"mod_nextcloud_push:retained:v3";
+const PREVIOUS_MAGIC: u64 = 0x4e43_5055_5348_0003;
+const PREVIOUS_LEN: usize = std::mem::offset_of!(Retained, notice_fd_plus_one);
 
 /// Process-lifetime state in `ap_retained_data` (zeroed on creation). Layout is frozen for the
 /// key above: change the key when changing it.
@@ -129,7 +135,8 @@ fn stop_running(ret: &mut Retained) {
 /// Parent only (retained data is process memory of the parent).
 unsafe fn retained<'a>() -> &'a mut Retained {
     // SAFETY: ap_retained_data_create returns zeroed memory of the requested size that lives
-    // for the whole process; the parent is single-threaded, so no aliasing &mut exists.
+    // for the whole process; the parent is single-threaded, so no aliasing &mut exists. A
+    // previous-layout block, if any, is at least PREVIOUS_LEN bytes long (see PREVIOUS_KEY).
     unsafe {
         let mut p = ffi::ap_retained_data_get(RETAINED_KEY.as_ptr()) as *mut Retained;
         if p.is_null() {
@@ -139,6 +146,13 @@ unsafe fn retained<'a>() -> &'a mut Retained {
         let r = &mut *p;
         if r.magic != RETAINED_MAGIC {
             std::ptr::write_bytes(p, 0, 1);
+            let previous = ffi::ap_retained_data_get(PREVIOUS_KEY.as_ptr()) as *mut u8;
+            // The previous block is PREVIOUS_LEN bytes (its size, 8-aligned) of the same
+            // layout; its magic is cleared so it is copied only once.
+            if !previous.is_null() && (previous as *const u64).read_unaligned() == PREVIOUS_MAGIC {
+                std::ptr::copy_nonoverlapping(previous, p as *mut u8, PREVIOUS_LEN);
+                (previous as *mut u64).write_unaligned(0);
+            }
             r.magic = RETAINED_MAGIC;
         }
         r
