@@ -64,8 +64,9 @@ pub struct DaemonSetup {
     pub ready: Ready,
     /// The daemon's end of the stop-notice channel (`apache::stop_notice`): the Apache parent
     /// writes `T` on `apachectl stop` (and waits for the answer `A` before it stops the
-    /// children, so bridged sessions get their Close frame through their bridges) or `W` on
-    /// graceful-stop (whose event/worker children would otherwise wait for the bridges).
+    /// children, so bridged sessions get their Close frame through their bridges), `W` on
+    /// graceful-stop (whose event/worker children would otherwise wait for the bridges), or `R`
+    /// on a hard restart (answer `A` once the bridged sessions are closed; the daemon stays).
     pub stop_notice: Option<OwnedFd>,
 }
 
@@ -172,6 +173,16 @@ async fn serve(setup: DaemonSetup) -> i32 {
                 Some(stop_notice::NOTICE_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping: closing every session before its children stop");
                     break Stop::Apache(notice.take());
+                }
+                Some(stop_notice::NOTICE_HARD_RESTART) => {
+                    // The children (and the bridges in them) are about to be stopped; the
+                    // daemon and its plain sessions stay. The parent waits for the answer.
+                    log::info!(target: "nextcloud_push::daemon", "NCP0113: Apache is restarting (not gracefully): closing the bridged (TLS) sessions its workers carry");
+                    let all = futures_util::future::join_all(state.engines.iter().map(|e| e.close_bridged()));
+                    let _ = tokio::time::timeout(STOP_ACK_AFTER, all).await;
+                    if let Some(parent) = notice.as_mut() {
+                        let _ = parent.write_all(&[stop_notice::NOTICE_DONE]).await;
+                    }
                 }
                 Some(stop_notice::NOTICE_GRACEFUL_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping gracefully: closing every session");
@@ -292,7 +303,12 @@ async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), Hando
     );
     engine.accept_upgraded(
         Counted { inner: tcp, _slot: slot },
-        Handoff { early_data: early, forwarded_for: header.forwarded_for, ping_interval: None },
+        Handoff {
+            early_data: early,
+            forwarded_for: header.forwarded_for,
+            ping_interval: None,
+            bridged: false,
+        },
     );
     Ok(())
 }
@@ -338,7 +354,12 @@ async fn serve_bridged(
     );
     engine.accept_upgraded(
         Counted { inner: stream, _slot: slot },
-        Handoff { early_data: early, forwarded_for: header.forwarded_for, ping_interval },
+        Handoff {
+            early_data: early,
+            forwarded_for: header.forwarded_for,
+            ping_interval,
+            bridged: true,
+        },
     );
     Ok(())
 }

@@ -42,6 +42,7 @@
 //! | `NCP0109` | warn | daemon | a connection to the daemon socket from a uid other than root or Apache's `User` was refused (peer credentials) |
 //! | `NCP0111` | info | daemon | stop notice from the Apache parent (`apachectl stop` or `graceful-stop`): every session gets Close 1001, then the daemon exits |
 //! | `NCP0112` | debug | daemon | an unknown byte on the stop-notice channel was ignored |
+//! | `NCP0113` | info | daemon | restart notice from the Apache parent (`apachectl restart`, not graceful): the bridged (TLS) sessions get Close 1001, the daemon and plain sessions stay |
 //! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
 //! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
 //! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |

@@ -100,6 +100,15 @@ async fn ctl_restart(stack: &mut Stack, verb: &str) {
     }
 }
 
+/// A wss client through `ca`'s TLS vhost, logged in as `user`.
+async fn wss_login(ca: &TestCa, url: &str, user: &str) -> Client {
+    let ws = ca.connect(url, T).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Client::from_ws(ws);
+    c.send_login(user, &password(user)).await;
+    c.expect_text(common::AUTHENTICATED, T).await;
+    c
+}
+
 /// 200 clients (190 plain, 10 wss bridged by workers) connected; a graceful reload keeps every
 /// session and the daemon; events still reach all of them, and new clients connect.
 async fn graceful_keeps_every_session(mpm: Mpm) -> Result<(), testkit::Skip> {
@@ -112,11 +121,7 @@ async fn graceful_keeps_every_session(mpm: Mpm) -> Result<(), testkit::Skip> {
     let wss_url = testkit::tls::wss_url(tls_port);
     for i in 0..10 {
         let u = USERS[i % USERS.len()];
-        let ws = ca.connect(&wss_url, T).await.unwrap_or_else(|e| panic!("{e}"));
-        let mut c = Client::from_ws(ws);
-        c.send_login(u, &password(u)).await;
-        c.expect_text(common::AUTHENTICATED, T).await;
-        clients.push((u, c));
+        clients.push((u, wss_login(&ca, &wss_url, u).await));
     }
     all_receive(&stack, &mut clients, "before_graceful").await;
 
@@ -126,11 +131,7 @@ async fn graceful_keeps_every_session(mpm: Mpm) -> Result<(), testkit::Skip> {
     all_receive(&stack, &mut clients, "after_graceful").await;
     // New sessions after the reload, plain and wss.
     let mut fresh = crowd(&stack.ws_url(), 4).await;
-    let ws = ca.connect(&wss_url, T).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut c = Client::from_ws(ws);
-    c.send_login("u0", &password("u0")).await;
-    c.expect_text(common::AUTHENTICATED, T).await;
-    fresh.push(("u0", c));
+    fresh.push(("u0", wss_login(&ca, &wss_url, "u0").await));
     all_receive(&stack, &mut fresh, "fresh").await;
     assert_eq!(count(&stack.apache.error_log(), "NCP0009"), 1, "one daemon start only");
     drop(clients);
@@ -155,27 +156,44 @@ async fn graceful_keeps_200_sessions_under_prefork() {
 }
 
 /// `apachectl restart` (SIGHUP: a hard restart stops every child at once): plain sessions live
-/// in the daemon, which is kept, so they stay open and keep receiving; new clients connect.
+/// in the daemon, which is kept, so they stay open and keep receiving; wss sessions live in
+/// their children's bridges, so the parent has the daemon close them with 1001 first (the `R`
+/// stop notice; without it they end without a Close frame); new clients of both kinds connect.
+async fn hard_restart(mpm: Mpm) -> Result<(), testkit::Skip> {
+    let ca = TestCa::generate()?;
+    let tls_port = testkit::free_port();
+    let mut stack = stack(mpm, |b| ca.tls_vhost(b, tls_port, &[])).await?;
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    let mut clients = crowd(&stack.ws_url(), 8).await;
+    let wss_url = testkit::tls::wss_url(tls_port);
+    let mut bridged = Vec::new();
+    for u in ["u0", "u1"] {
+        bridged.push(wss_login(&ca, &wss_url, u).await);
+    }
+    all_receive(&stack, &mut clients, "before_restart").await;
+    stack.apache.await_error_log("NCP0022", T).await;
+
+    ctl_restart(&mut stack, "restart").await;
+    for c in bridged.iter_mut() {
+        let (_, ending) = c.expect_end(T).await;
+        assert_eq!(ending, Ending::CloseFrame(Some((1001, String::new()))), "{}", mpm.name());
+    }
+    assert_eq!(stack.apache.daemon_pid(), Some(daemon), "{}: restart kept the daemon", mpm.name());
+    all_receive(&stack, &mut clients, "after_restart").await;
+    let mut fresh = crowd(&stack.ws_url(), 4).await;
+    fresh.push(("u0", wss_login(&ca, &wss_url, "u0").await));
+    all_receive(&stack, &mut fresh, "fresh").await;
+    stack.apache.await_error_log("NCP0113", T).await;
+    drop(clients);
+    drop(fresh);
+    stack.finish();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hard_restart_keeps_plain_sessions() {
+async fn hard_restart_keeps_plain_sessions_and_closes_wss_ones() {
     for mpm in Mpm::ALL {
-        let mut stack = require!(stack(mpm, |b| b).await);
-        let daemon = stack.apache.daemon_pid().expect("daemon");
-        let mut clients = crowd(&stack.ws_url(), 8).await;
-        all_receive(&stack, &mut clients, "before_restart").await;
-        ctl_restart(&mut stack, "restart").await;
-        assert_eq!(
-            stack.apache.daemon_pid(),
-            Some(daemon),
-            "{}: restart kept the daemon",
-            mpm.name()
-        );
-        all_receive(&stack, &mut clients, "after_restart").await;
-        let mut fresh = crowd(&stack.ws_url(), 4).await;
-        all_receive(&stack, &mut fresh, "fresh").await;
-        drop(clients);
-        drop(fresh);
-        stack.finish();
+        require!(hard_restart(mpm).await);
     }
 }
 

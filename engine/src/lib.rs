@@ -57,6 +57,9 @@ pub struct Handoff {
     /// `timing.ping_interval` (a TLS session bridged by an Apache worker is cut after Apache's
     /// `Timeout` of silence). `None`: `timing.ping_interval`; a longer value is ignored.
     pub ping_interval: Option<std::time::Duration>,
+    /// The session is carried by an Apache worker (the TLS bridge) and ends when that worker
+    /// does: [`Engine::close_bridged`] closes it (1001) before a hard restart stops the workers.
+    pub bridged: bool,
 }
 
 /// Engine-wide signals to every session.
@@ -66,6 +69,8 @@ pub(crate) enum Signal {
     Reset,
     /// [`Engine::shutdown`]: Close 1001 to every session.
     Shutdown,
+    /// [`Engine::close_bridged`]: Close 1001 to every bridged session; the others ignore it.
+    CloseBridged,
 }
 
 /// One engine per distinct configuration. Create it inside a tokio runtime with [`Engine::new`],
@@ -83,6 +88,8 @@ pub struct Engine {
     signals: broadcast::Sender<Signal>,
     /// Number of live sessions (authenticated or not), for a bounded shutdown.
     sessions: watch::Sender<usize>,
+    /// Number of live bridged sessions ([`Handoff::bridged`]), for [`Engine::close_bridged`].
+    bridged: watch::Sender<usize>,
     shutting_down: AtomicBool,
     started: AtomicBool,
     cancel: CancellationToken,
@@ -145,6 +152,7 @@ impl Engine {
             test_cookie: AtomicU32::new(0),
             signals: broadcast::channel(16).0,
             sessions: watch::channel(0).0,
+            bridged: watch::channel(0).0,
             shutting_down: AtomicBool::new(false),
             started: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -175,7 +183,16 @@ impl Engine {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.spawn_session(|engine| session::serve_upgraded(engine, stream, handoff));
+        if handoff.bridged {
+            self.bridged.send_modify(|n| *n += 1);
+            let counted = BridgedGuard(self.clone());
+            self.spawn_session(|engine| async move {
+                let _counted = counted;
+                session::serve_upgraded(engine, stream, handoff).await
+            });
+        } else {
+            self.spawn_session(|engine| session::serve_upgraded(engine, stream, handoff));
+        }
     }
 
     /// Does the HTTP/1.1 WebSocket upgrade itself, then serves the session (engine tests,
@@ -223,6 +240,20 @@ impl Engine {
                 *self.sessions.borrow()
             );
         }
+    }
+
+    /// Sends Close 1001 to every bridged session ([`Handoff::bridged`]: their Apache workers are
+    /// about to be stopped by a hard restart) and returns when none is left or after
+    /// `timing.shutdown_grace`. The other sessions go on.
+    pub async fn close_bridged(&self) {
+        if *self.bridged.borrow() == 0 {
+            return;
+        }
+        let _ = self.signals.send(Signal::CloseBridged);
+        let mut bridged = self.bridged.subscribe();
+        let _ =
+            tokio::time::timeout(self.config.timing.shutdown_grace, bridged.wait_for(|n| *n == 0))
+                .await;
     }
 
     /// A snapshot of this engine's counters (spec §7).
@@ -314,6 +345,14 @@ fn redis_client(config: &RedisConfig) -> Result<redis::Client, Error> {
 }
 
 struct SessionGuard(Arc<Engine>);
+
+struct BridgedGuard(Arc<Engine>);
+
+impl Drop for BridgedGuard {
+    fn drop(&mut self) {
+        self.0.bridged.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {

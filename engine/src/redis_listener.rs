@@ -73,6 +73,11 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                         _ = cancel.cancelled() => return,
                     }
                 };
+                // The daemon's runtime drops the connection's driver task while stopping,
+                // possibly before this one: that end is not an outage.
+                if cancel.is_cancelled() {
+                    return;
+                }
                 log::warn!(
                     target: TARGET,
                     "NCP1001: Redis server at {url} disconnected ({reason}), reconnecting in {}s; events published meanwhile are lost",
@@ -81,6 +86,9 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                 outage = true;
             }
             Err(e) => {
+                if cancel.is_cancelled() {
+                    return;
+                }
                 if outage {
                     log::debug!(target: TARGET, "Redis at {url} still unreachable: {e}");
                 } else {

@@ -83,7 +83,7 @@ where
     let ping_interval = handoff
         .ping_interval
         .map_or(engine.config.timing.ping_interval, |p| p.min(engine.config.timing.ping_interval));
-    run(engine, ws, handoff.forwarded_for, ping_interval).await;
+    run(engine, ws, handoff.forwarded_for, ping_interval, handoff.bridged).await;
 }
 
 pub(crate) async fn serve_http<S>(engine: Arc<Engine>, mut stream: S, peer: Option<IpAddr>)
@@ -101,6 +101,7 @@ where
                 early_data: upgraded.early_data,
                 forwarded_for: upgraded.chain,
                 ping_interval: None,
+                bridged: false,
             };
             serve_upgraded(engine, stream, handoff).await;
         }
@@ -165,6 +166,7 @@ async fn run<S>(
     mut ws: WebSocketStream<S>,
     chain: Vec<IpAddr>,
     ping_interval: Duration,
+    bridged: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -190,6 +192,7 @@ async fn run<S>(
                 },
                 signal = signals.recv() => match signal {
                     Ok(Signal::Shutdown) | Err(RecvError::Closed) => break Outcome::Shutdown,
+                    Ok(Signal::CloseBridged) if bridged => break Outcome::Shutdown,
                     _ => continue,
                 },
             }
@@ -231,7 +234,7 @@ async fn run<S>(
     // Boxed like the login: the task keeps the size of the largest state of this future for
     // its whole life, and inline the serving state (the WebSocket moved through every async fn
     // level) would be stored more than once.
-    Box::pin(Connection::new(&engine, &uid, ping_interval).serve(
+    Box::pin(Connection::new(&engine, &uid, ping_interval, bridged).serve(
         ws,
         &mut registration.receiver,
         signals,
@@ -298,6 +301,8 @@ struct Connection<'a> {
     expect_pong: Option<[u8; 4]>,
     /// `timing.ping_interval`, or shorter for this session ([`Handoff::ping_interval`]).
     ping_interval: Duration,
+    /// [`Handoff::bridged`]: [`Signal::CloseBridged`] ends this session.
+    bridged: bool,
 }
 
 enum Flow {
@@ -311,7 +316,12 @@ enum Flow {
 }
 
 impl<'a> Connection<'a> {
-    fn new(engine: &'a Engine, uid: &'a str, ping_interval: Duration) -> Connection<'a> {
+    fn new(
+        engine: &'a Engine,
+        uid: &'a str,
+        ping_interval: Duration,
+        bridged: bool,
+    ) -> Connection<'a> {
         let now = Instant::now();
         Connection {
             engine,
@@ -324,6 +334,7 @@ impl<'a> Connection<'a> {
             last_send: now.checked_sub(ping_interval).unwrap_or(now),
             expect_pong: None,
             ping_interval,
+            bridged,
         }
     }
 
@@ -357,7 +368,8 @@ impl<'a> Connection<'a> {
                 signal = signals.recv() => match signal {
                     Ok(Signal::Reset) => Flow::Close(None),
                     Ok(Signal::Shutdown) | Err(RecvError::Closed) => Flow::Close(Some(going_away())),
-                    Err(RecvError::Lagged(_)) => Flow::Continue,
+                    Ok(Signal::CloseBridged) if self.bridged => Flow::Close(Some(going_away())),
+                    Ok(Signal::CloseBridged) | Err(RecvError::Lagged(_)) => Flow::Continue,
                 },
                 () = &mut sleep => {
                     last_wake = deadline;

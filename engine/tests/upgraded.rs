@@ -89,8 +89,10 @@ async fn serve_one_upgrade(
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let (stream, early_data) = answer_upgrade(stream).await;
-        engine
-            .accept_upgraded(stream, Handoff { early_data, forwarded_for: vec![], ping_interval });
+        engine.accept_upgraded(
+            stream,
+            Handoff { early_data, forwarded_for: vec![], ping_interval, bridged: false },
+        );
     });
     addr
 }

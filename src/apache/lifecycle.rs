@@ -693,7 +693,7 @@ pub unsafe fn wrap_stop_signals(pconf: *mut ffi::apr_pool_t) {
         log_at(
             std::ptr::null(),
             Severity::Debug,
-            "NCP0022: apachectl stop and graceful-stop now notify the push daemon first",
+            "NCP0022: apachectl stop, graceful-stop and restart now notify the push daemon first",
         );
     }
 }

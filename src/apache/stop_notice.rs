@@ -1,6 +1,6 @@
 //! Stop notices from the Apache parent to the push daemon (issue #5).
 //!
-//! Why: `apachectl stop` (SIGTERM to the parent) makes the MPM end every busy worker's
+//! Why: `apachectl stop` (SIGTERM to the parent) or `restart` (SIGHUP) makes the MPM end every busy worker's
 //! connection (event/worker `close_worker_sockets`, prefork `ap_unixd_killpg`) before any
 //! module code runs in the children, and the parent runs no hook between receiving the signal
 //! and signalling the children. A bridged (TLS) session lives in such a worker, so without a
@@ -8,14 +8,17 @@
 //! (SIGWINCH) has the opposite problem: the event/worker children never hear of it while a
 //! bridge holds them, so the daemon must end the sessions itself.
 //!
-//! How: the parent's own handlers for SIGTERM, SIGINT and SIGWINCH (httpd's `sig_term` from
-//! `ap_unixd_mpm_set_signals`, which only sets flags) are wrapped. The wrapper runs httpd's
-//! handler first, then, in the parent only, writes one byte to a socketpair whose other end the
-//! daemon reads (`crate::daemon`): `T` for stop, `W` for graceful-stop. After `T` it waits in
-//! poll(2), at most [`STOP_WAIT_MS`], until the daemon answers or closes its end: by then every
-//! session has its Close 1001, bridged ones through the bridges that still run in the children.
-//! Only then does the MPM's main loop see the flag and stop the children. `W` does not wait:
-//! the children stay until their connections end anyway.
+//! How: the parent's own handlers for SIGTERM, SIGINT, SIGWINCH and SIGHUP (httpd's `sig_term`
+//! and `sig_restart` from `ap_unixd_mpm_set_signals`, which only set flags) are wrapped. The
+//! wrapper runs httpd's handler first, then, in the parent only, writes one byte to a
+//! socketpair whose other end the daemon reads (`crate::daemon`): `T` for stop, `W` for
+//! graceful-stop, `R` for a hard restart. After `T` it waits in poll(2), at most
+//! [`STOP_WAIT_MS`], until the daemon answers or closes its end: by then every session has its
+//! Close 1001, bridged ones through the bridges that still run in the children. After `R` it
+//! waits the same way while the daemon closes only the bridged sessions (the daemon and the
+//! plain sessions stay). Only then does the MPM's main loop see the flag and stop the children.
+//! `W` does not wait: the children stay until their connections end anyway. Graceful restarts
+//! (SIGUSR1) are not wrapped: they keep every session.
 //!
 //! Async-signal-safety: the wrapper uses only atomics, `getpid`, `send`, `poll`, `recv` and
 //! `clock_gettime`, and keeps `errno`.
@@ -38,16 +41,17 @@ pub const STOP_WAIT_MS: i64 = 3000;
 /// The notice bytes (docs/internals.md, "Stop notices").
 pub const NOTICE_STOP: u8 = b'T';
 pub const NOTICE_GRACEFUL_STOP: u8 = b'W';
+pub const NOTICE_HARD_RESTART: u8 = b'R';
 pub const NOTICE_DONE: u8 = b'A';
 
-const SIGNALS: [c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGWINCH];
+const SIGNALS: [c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGWINCH, libc::SIGHUP];
 /// httpd's handlers (`sa_handler` values), same index as [`SIGNALS`]; 0 = not wrapped.
-static SAVED: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+static SAVED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 /// The parent's end of the current daemon's notice channel, -1 = none.
 static CHANNEL: AtomicI32 = AtomicI32::new(-1);
 /// The Apache parent's pid (the wrapper is inherited by children until they set their own).
 static PARENT: AtomicI32 = AtomicI32::new(0);
-/// One notice per daemon: a second SIGTERM must not wait again.
+/// One stop notice per daemon: a second SIGTERM must not wait again (restarts may repeat).
 static SENT: AtomicBool = AtomicBool::new(false);
 /// The restoring cleanup is registered on pconf (reset when it runs).
 static CLEANUP: AtomicBool = AtomicBool::new(false);
@@ -156,13 +160,23 @@ extern "C" fn on_signal(sig: c_int) {
 
 fn notify(sig: c_int) {
     let fd = CHANNEL.load(Ordering::SeqCst);
-    if fd < 0 || SENT.swap(true, Ordering::SeqCst) {
+    if fd < 0 || SENT.load(Ordering::SeqCst) {
         return;
     }
-    let (byte, wait) =
-        if sig == libc::SIGWINCH { (NOTICE_GRACEFUL_STOP, false) } else { (NOTICE_STOP, true) };
+    let (byte, wait) = match sig {
+        libc::SIGWINCH => (NOTICE_GRACEFUL_STOP, false),
+        libc::SIGHUP => (NOTICE_HARD_RESTART, true),
+        _ => (NOTICE_STOP, true),
+    };
+    if byte != NOTICE_HARD_RESTART {
+        SENT.store(true, Ordering::SeqCst);
+    }
+    let mut sink = [0u8; 8];
     // SAFETY: send/poll/recv on our own descriptor with valid buffers (async-signal-safe).
     unsafe {
+        // A late answer to an earlier notice must not end this wait at once.
+        while libc::recv(fd, sink.as_mut_ptr() as *mut c_void, sink.len(), libc::MSG_DONTWAIT) > 0 {
+        }
         let sent = libc::send(
             fd,
             &byte as *const u8 as *const c_void,
@@ -185,7 +199,6 @@ fn notify(sig: c_int) {
             }
             break;
         }
-        let mut sink = [0u8; 8];
         libc::recv(fd, sink.as_mut_ptr() as *mut c_void, sink.len(), libc::MSG_DONTWAIT);
     }
 }
