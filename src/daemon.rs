@@ -31,6 +31,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
 /// After a stop notice, the parent waits for the daemon's answer (`stop_notice::STOP_WAIT_MS`);
 /// the daemon answers when every session has ended or after this long, whichever is first.
 pub const STOP_ACK_AFTER: Duration = Duration::from_millis(2500);
+/// After a hard restart, how long held bridged streams wait for their bridge to go (see
+/// [`Hold`]).
+const BRIDGE_RELEASE: Duration = Duration::from_secs(30);
 
 /// The readiness pipe to the Apache parent, which waits for it in post_config.
 pub struct Ready(std::fs::File);
@@ -105,6 +108,47 @@ struct State {
     live: Arc<AtomicUsize>,
     fd_limit: u64,
     refused: AtomicU64,
+    hold: Arc<Hold>,
+}
+
+/// Bridged streams kept open after their session ended, while the Apache parent stops or
+/// hard-restarts its children. A bridge whose stream ends runs Apache's normal close (TLS
+/// close_notify, then the event MPM's lingering close); the parent, released by our answer,
+/// would then stop the children in the middle of it (event/worker `close_worker_sockets` racing
+/// the worker's `apr_pollset_add`: `AH03092 … Bad file descriptor`, and the child then exits
+/// gracefully). Held, the bridges stay idle until the MPM closes their connections and the
+/// `child_stopping` hook ends them without a lingering close. The client already has its 1001.
+#[derive(Default)]
+struct Hold {
+    on: AtomicBool,
+    kept: std::sync::Mutex<Vec<UnixStream>>,
+}
+
+impl Hold {
+    /// From now on, bridged streams whose session ends are kept instead of closed.
+    fn start(&self) {
+        self.on.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops holding; the kept streams are closed once their bridge closed its end (the child
+    /// stopped) or after `within`.
+    fn release(self: &Arc<Self>, within: Duration) {
+        self.on.store(false, Ordering::SeqCst);
+        let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        for mut stream in kept {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 512];
+                let _ = tokio::time::timeout(within, async {
+                    while let Ok(n) = stream.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    }
 }
 
 async fn serve(setup: DaemonSetup) -> i32 {
@@ -148,6 +192,7 @@ async fn serve(setup: DaemonSetup) -> i32 {
         live: Arc::new(AtomicUsize::new(0)),
         fd_limit: unix::nofile_limit(),
         refused: AtomicU64::new(0),
+        hold: Arc::default(),
     });
     log::info!(
         target: "nextcloud_push::daemon",
@@ -172,17 +217,20 @@ async fn serve(setup: DaemonSetup) -> i32 {
             byte = next_notice(&mut notice), if notice.is_some() => match byte {
                 Some(stop_notice::NOTICE_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping: closing every session before its children stop");
+                    state.hold.start();
                     break Stop::Apache(notice.take());
                 }
                 Some(stop_notice::NOTICE_HARD_RESTART) => {
                     // The children (and the bridges in them) are about to be stopped; the
                     // daemon and its plain sessions stay. The parent waits for the answer.
                     log::info!(target: "nextcloud_push::daemon", "NCP0113: Apache is restarting (not gracefully): closing the bridged (TLS) sessions its workers carry");
+                    state.hold.start();
                     let all = futures_util::future::join_all(state.engines.iter().map(|e| e.close_bridged()));
                     let _ = tokio::time::timeout(STOP_ACK_AFTER, all).await;
                     if let Some(parent) = notice.as_mut() {
                         let _ = parent.write_all(&[stop_notice::NOTICE_DONE]).await;
                     }
+                    state.hold.release(BRIDGE_RELEASE);
                 }
                 Some(stop_notice::NOTICE_GRACEFUL_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping gracefully: closing every session");
@@ -285,7 +333,7 @@ async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), Hando
     let slot = LiveSlot::new(state.live.clone());
     stream.write_all(&[handoff::ACCEPTED]).await?;
     if hello.bridged {
-        return serve_bridged(stream, engine, slot, &hello).await;
+        return serve_bridged(stream, engine, slot, &hello, &state.hold).await;
     }
     let (header, early, fd) =
         tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive_handoff(&stream))
@@ -339,6 +387,7 @@ async fn serve_bridged(
     engine: &Arc<Engine>,
     slot: LiveSlot,
     hello: &Hello,
+    hold: &Arc<Hold>,
 ) -> Result<(), HandoffError> {
     let (header, early) =
         tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive_bridged(&mut stream))
@@ -353,7 +402,7 @@ async fn serve_bridged(
         ping_interval
     );
     engine.accept_upgraded(
-        Counted { inner: stream, _slot: slot },
+        Bridged { inner: Some(stream), _slot: slot, hold: hold.clone() },
         Handoff {
             early_data: early,
             forwarded_for: header.forwarded_for,
@@ -557,6 +606,77 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// The stream to an Apache worker's TLS bridge as the engine sees it: dropping it releases the
+/// slot and closes the stream, unless [`Hold`] is on (then the stream is kept, and a shutdown
+/// is not passed on).
+struct Bridged {
+    inner: Option<UnixStream>,
+    _slot: LiveSlot,
+    hold: Arc<Hold>,
+}
+
+impl Bridged {
+    fn stream(&mut self) -> std::io::Result<Pin<&mut UnixStream>> {
+        match self.inner.as_mut() {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Bridged {
+    fn drop(&mut self) {
+        if self.hold.on.load(Ordering::SeqCst) {
+            if let Some(stream) = self.inner.take() {
+                self.hold.kept.lock().unwrap_or_else(|e| e.into_inner()).push(stream);
+            }
+        }
+    }
+}
+
+impl AsyncRead for Bridged {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Bridged {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.hold.on.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        match self.stream() {
+            Ok(stream) => stream.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +707,7 @@ mod tests {
             live: Arc::new(AtomicUsize::new(0)),
             fd_limit: 100_000,
             refused: AtomicU64::new(0),
+            hold: Arc::default(),
         })
     }
 
@@ -729,6 +850,7 @@ mod tests {
             live: Arc::new(AtomicUsize::new(0)),
             fd_limit: FD_RESERVE + 1,
             refused: AtomicU64::new(0),
+            hold: Arc::default(),
         };
         let hello = Hello::new(0, None);
         assert!(admit(&hello, &st).is_ok());
