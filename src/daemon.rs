@@ -31,9 +31,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
 /// After a stop notice, the parent waits for the daemon's answer (`stop_notice::STOP_WAIT_MS`);
 /// the daemon answers when every session has ended or after this long, whichever is first.
 pub const STOP_ACK_AFTER: Duration = Duration::from_millis(2500);
-/// After a hard restart, how long held bridged streams wait for their bridge to go (see
-/// [`Hold`]).
-const BRIDGE_RELEASE: Duration = Duration::from_secs(30);
+/// After a hard restart's answer, how long bridged streams of ended sessions stay held (see
+/// [`Hold`]): the MPM stops the old children right after the answer.
+const HOLD_AFTER_RESTART: Duration = Duration::from_secs(5);
 
 /// The readiness pipe to the Apache parent, which waits for it in post_config.
 pub struct Ready(std::fs::File);
@@ -130,24 +130,15 @@ impl Hold {
         self.on.store(true, Ordering::SeqCst);
     }
 
-    /// Stops holding; the kept streams are closed once their bridge closed its end (the child
-    /// stopped) or after `within`.
-    fn release(self: &Arc<Self>, within: Duration) {
-        self.on.store(false, Ordering::SeqCst);
-        let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
-        for mut stream in kept {
-            tokio::spawn(async move {
-                let mut sink = [0u8; 512];
-                let _ = tokio::time::timeout(within, async {
-                    while let Ok(n) = stream.read(&mut sink).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            });
-        }
+    /// Stops holding after `delay` (by then the MPM has stopped the children it was told to
+    /// stop) and closes the kept streams.
+    fn release_after(self: &Arc<Self>, delay: Duration) {
+        let hold = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            hold.on.store(false, Ordering::SeqCst);
+            drop(std::mem::take(&mut *hold.kept.lock().unwrap_or_else(|e| e.into_inner())));
+        });
     }
 }
 
@@ -230,7 +221,7 @@ async fn serve(setup: DaemonSetup) -> i32 {
                     if let Some(parent) = notice.as_mut() {
                         let _ = parent.write_all(&[stop_notice::NOTICE_DONE]).await;
                     }
-                    state.hold.release(BRIDGE_RELEASE);
+                    state.hold.release_after(HOLD_AFTER_RESTART);
                 }
                 Some(stop_notice::NOTICE_GRACEFUL_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping gracefully: closing every session");

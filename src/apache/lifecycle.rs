@@ -42,7 +42,9 @@ const RETAINED_MAGIC: u64 = 0x4e43_5055_5348_0004; // "NCPUSH" v4
 /// being left running beside a new one.
 const PREVIOUS_KEY: &CStr = c"mod_nextcloud_push:retained:v3";
 const PREVIOUS_MAGIC: u64 = 0x4e43_5055_5348_0003;
-const PREVIOUS_LEN: usize = std::mem::offset_of!(Retained, notice_fd_plus_one);
+/// The size of the v3 block (5363410's `Retained`), fixed: it must not follow later changes.
+const PREVIOUS_LEN: usize = 248;
+const _: () = assert!(PREVIOUS_LEN <= std::mem::offset_of!(Retained, notice_fd_plus_one));
 
 /// Process-lifetime state in `ap_retained_data` (zeroed on creation). Layout is frozen for the
 /// key above: change the key when changing it.
@@ -143,8 +145,8 @@ unsafe fn retained<'a>() -> &'a mut Retained {
             p = ffi::ap_retained_data_create(RETAINED_KEY.as_ptr(), std::mem::size_of::<Retained>())
                 as *mut Retained;
         }
-        let r = &mut *p;
-        if r.magic != RETAINED_MAGIC {
+        // Raw writes first, the reference after them.
+        if std::ptr::addr_of!((*p).magic).read() != RETAINED_MAGIC {
             std::ptr::write_bytes(p, 0, 1);
             let previous = ffi::ap_retained_data_get(PREVIOUS_KEY.as_ptr()) as *mut u8;
             // The previous block is PREVIOUS_LEN bytes (its size, 8-aligned) of the same
@@ -153,9 +155,9 @@ unsafe fn retained<'a>() -> &'a mut Retained {
                 std::ptr::copy_nonoverlapping(previous, p as *mut u8, PREVIOUS_LEN);
                 (previous as *mut u64).write_unaligned(0);
             }
-            r.magic = RETAINED_MAGIC;
+            std::ptr::addr_of_mut!((*p).magic).write(RETAINED_MAGIC);
         }
-        r
+        &mut *p
     }
 }
 
@@ -244,6 +246,7 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
     }
     // SAFETY: parent only.
     let ret = unsafe { retained() };
+    stop_notice::set_parent();
     ret.generation += 1;
     ret.no_respawn = 0;
     ret.respawn_pending = 0;

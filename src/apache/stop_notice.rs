@@ -51,7 +51,7 @@ static SAVED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 static CHANNEL: AtomicI32 = AtomicI32::new(-1);
 /// The Apache parent's pid (the wrapper is inherited by children until they set their own).
 static PARENT: AtomicI32 = AtomicI32::new(0);
-/// One stop notice per daemon: a second SIGTERM must not wait again (restarts may repeat).
+/// One notice per daemon and generation: a second SIGTERM must not wait again.
 static SENT: AtomicBool = AtomicBool::new(false);
 /// The restoring cleanup is registered on pconf (reset when it runs).
 static CLEANUP: AtomicBool = AtomicBool::new(false);
@@ -62,8 +62,19 @@ pub fn set_channel(fd: RawFd) {
     CHANNEL.store(fd, Ordering::SeqCst);
 }
 
-/// `child_init`: an Apache child has no business with the channel.
+/// `post_config`: this process is the Apache parent.
+pub fn set_parent() {
+    // SAFETY: getpid has no preconditions.
+    PARENT.store(unsafe { libc::getpid() }, Ordering::SeqCst);
+}
+
+/// `child_init`: an Apache child has no business with the channel. In `-X` the parent runs
+/// `child_init` itself and keeps it.
 pub fn forget_in_child() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == PARENT.load(Ordering::SeqCst) {
+        return;
+    }
     let fd = CHANNEL.swap(-1, Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: the child's inherited copy of the parent's end; nothing else in the child
@@ -99,6 +110,10 @@ pub unsafe fn install(pconf: *mut ffi::apr_pool_t) -> bool {
             SAVED[i].store(old.sa_sigaction, Ordering::SeqCst);
             let mut new = old;
             new.sa_sigaction = ours;
+            // One wrapped signal at a time: a stop during a restart's wait waits after it.
+            for &other in SIGNALS.iter() {
+                libc::sigaddset(&mut new.sa_mask, other);
+            }
             if libc::sigaction(sig, &new, std::ptr::null_mut()) == 0 {
                 wrapped = true;
             }
@@ -168,9 +183,9 @@ fn notify(sig: c_int) {
         libc::SIGHUP => (NOTICE_HARD_RESTART, true),
         _ => (NOTICE_STOP, true),
     };
-    if byte != NOTICE_HARD_RESTART {
-        SENT.store(true, Ordering::SeqCst);
-    }
+    // Once per daemon and generation (set_channel clears it): prefork's parent signals its
+    // own process group with SIGHUP during a hard restart and would notify twice.
+    SENT.store(true, Ordering::SeqCst);
     let mut sink = [0u8; 8];
     // SAFETY: send/poll/recv on our own descriptor with valid buffers (async-signal-safe).
     unsafe {
