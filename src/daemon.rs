@@ -34,6 +34,9 @@ pub const STOP_ACK_AFTER: Duration = Duration::from_millis(2500);
 /// After a hard restart's answer, how long bridged streams of ended sessions stay held (see
 /// [`Hold`]): the MPM stops the old children right after the answer.
 const HOLD_AFTER_RESTART: Duration = Duration::from_secs(5);
+/// After a stop's answer, the longest the daemon waits for the parent's SIGTERM while it holds
+/// bridged streams (the parent reclaims its children within about 10 s).
+const HOLD_UNTIL_TERM: Duration = Duration::from_secs(15);
 
 /// The readiness pipe to the Apache parent, which waits for it in post_config.
 pub struct Ready(std::fs::File);
@@ -128,6 +131,10 @@ impl Hold {
     /// From now on, bridged streams whose session ends are kept instead of closed.
     fn start(&self) {
         self.on.store(true, Ordering::SeqCst);
+    }
+
+    fn holds_any(&self) -> bool {
+        !self.kept.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     /// Stops holding after `delay` (by then the MPM has stopped the children it was told to
@@ -281,6 +288,18 @@ async fn serve(setup: DaemonSetup) -> i32 {
     if let (Some(bound), Ok(now)) = (bound, std::fs::metadata(&socket_path)) {
         if bound == (now.dev(), now.ino()) {
             let _ = std::fs::remove_file(&socket_path);
+        }
+    }
+    // Held bridged streams (see `Hold`) close when this process ends: not before the parent
+    // has stopped its children, which it does before it sends SIGTERM (stop_on_exit; prefork's
+    // killpg reaches this process together with the children). Otherwise the bridges would
+    // wake into Apache's normal close just as their children are stopped (prefork's SIGTERM
+    // handler then frees the child's pools under them: a segfault).
+    if state.hold.holds_any() {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = tokio::time::sleep(HOLD_UNTIL_TERM) => {}
         }
     }
     log::info!(target: "nextcloud_push::daemon", "NCP0103: push daemon stopped");
