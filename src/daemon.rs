@@ -31,12 +31,11 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
 /// After a stop notice, the parent waits for the daemon's answer (`stop_notice::STOP_WAIT_MS`);
 /// the daemon answers when every session has ended or after this long, whichever is first.
 pub const STOP_ACK_AFTER: Duration = Duration::from_millis(2500);
-/// After a hard restart's answer, how long bridged streams of ended sessions stay held (see
-/// [`Hold`]): the MPM stops the old children right after the answer.
-const HOLD_AFTER_RESTART: Duration = Duration::from_secs(5);
-/// After a stop's answer, the longest the daemon waits for the parent's SIGTERM while it holds
-/// bridged streams (the parent reclaims its children within about 10 s).
-const HOLD_UNTIL_TERM: Duration = Duration::from_secs(15);
+/// After the answer to a stop or hard restart, how long bridged streams of ended sessions stay
+/// held (see [`Hold`]): the parent stops the children right after the answer, and children of
+/// an older generation that were already exiting gracefully wait for their bridges (the parent
+/// warns about them after 3 s and kills them after 9 s).
+const HOLD_AFTER_ANSWER: Duration = Duration::from_secs(1);
 
 /// The readiness pipe to the Apache parent, which waits for it in post_config.
 pub struct Ready(std::fs::File);
@@ -228,7 +227,7 @@ async fn serve(setup: DaemonSetup) -> i32 {
                     if let Some(parent) = notice.as_mut() {
                         let _ = parent.write_all(&[stop_notice::NOTICE_DONE]).await;
                     }
-                    state.hold.release_after(HOLD_AFTER_RESTART);
+                    state.hold.release_after(HOLD_AFTER_ANSWER);
                 }
                 Some(stop_notice::NOTICE_GRACEFUL_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping gracefully: closing every session");
@@ -290,17 +289,14 @@ async fn serve(setup: DaemonSetup) -> i32 {
             let _ = std::fs::remove_file(&socket_path);
         }
     }
-    // Held bridged streams (see `Hold`) close when this process ends: not before the parent
-    // has stopped its children, which it does before it sends SIGTERM (stop_on_exit; prefork's
-    // killpg reaches this process together with the children). Otherwise the bridges would
-    // wake into Apache's normal close just as their children are stopped (prefork's SIGTERM
-    // handler then frees the child's pools under them: a segfault).
+    // Held bridged streams (see `Hold`) close when this process ends: not right after the
+    // answer, while the parent is stopping its children (bridges woken by their stream's end
+    // would run Apache's normal close just then; prefork's SIGTERM handler frees the child's
+    // pools under them: a segfault), but soon after it, for the children of an older
+    // generation that were already exiting gracefully: they do not react to the stop and end
+    // only when their bridges do.
     if state.hold.holds_any() {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = tokio::time::sleep(HOLD_UNTIL_TERM) => {}
-        }
+        tokio::time::sleep(HOLD_AFTER_ANSWER).await;
     }
     log::info!(target: "nextcloud_push::daemon", "NCP0103: push daemon stopped");
     0
