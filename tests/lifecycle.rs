@@ -86,20 +86,6 @@ fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-/// `apache2 -k graceful` (what `apachectl graceful` and Debian's logrotate do) or `-k restart`
-/// (a hard restart); returns once the parent logged `… resuming normal operations` again
-/// (AH00489/AH00292/AH00163).
-async fn ctl_restart(stack: &mut Stack, verb: &str) {
-    let before = count(&stack.apache.error_log(), "resuming normal operations");
-    let out = stack.apache.ctl(verb);
-    assert!(out.status.success(), "apache2 -k {verb}: {}", String::from_utf8_lossy(&out.stderr));
-    let deadline = Instant::now() + T;
-    while count(&stack.apache.error_log(), "resuming normal operations") <= before {
-        assert!(Instant::now() < deadline, "no {verb}\n{}", stack.apache.error_log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A wss client through `ca`'s TLS vhost, logged in as `user`.
 async fn wss_login(ca: &TestCa, url: &str, user: &str) -> Client {
     let ws = ca.connect(url, T).await.unwrap_or_else(|e| panic!("{e}"));
@@ -125,7 +111,7 @@ async fn graceful_keeps_every_session(mpm: Mpm) -> Result<(), testkit::Skip> {
     }
     all_receive(&stack, &mut clients, "before_graceful").await;
 
-    ctl_restart(&mut stack, "graceful").await;
+    stack.apache.ctl_restart("graceful").await;
     stack.apache.graceful_restart().await;
     assert_eq!(stack.apache.daemon_pid(), Some(daemon), "{}: graceful kept the daemon", mpm.name());
     all_receive(&stack, &mut clients, "after_graceful").await;
@@ -173,7 +159,7 @@ async fn hard_restart(mpm: Mpm) -> Result<(), testkit::Skip> {
     all_receive(&stack, &mut clients, "before_restart").await;
     stack.apache.await_error_log("NCP0022", T).await;
 
-    ctl_restart(&mut stack, "restart").await;
+    stack.apache.ctl_restart("restart").await;
     for c in bridged.iter_mut() {
         let (_, ending) = c.expect_end(T).await;
         assert_eq!(ending, Ending::CloseFrame(Some((1001, String::new()))), "{}", mpm.name());

@@ -949,22 +949,40 @@ impl Apache {
     /// logrotate do); returns once the parent logged `… resuming normal operations` again.
     pub async fn graceful_restart(&mut self) {
         assert_eq!(self.mode, Mode::Foreground, "graceful restart needs -DFOREGROUND");
-        // event AH00489, worker AH00292, prefork AH00163: "… configured -- resuming normal
-        // operations".
+        self.restart_with(|apache| signal(apache.pid, "USR1")).await;
+    }
+
+    /// `apache2 -k <verb>` for `graceful` or `restart` (a hard restart); returns once the
+    /// parent logged `… resuming normal operations` again.
+    pub async fn ctl_restart(&mut self, verb: &str) {
+        self.restart_with(|apache| {
+            let out = apache.ctl(verb);
+            assert!(
+                out.status.success(),
+                "apache2 -k {verb}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
+    }
+
+    /// Runs `trigger`, then waits until a new generation logged "… configured -- resuming
+    /// normal operations" (event AH00489, worker AH00292, prefork AH00163).
+    async fn restart_with(&mut self, trigger: impl FnOnce(&mut Self)) {
         let count =
             |log: &str| log.lines().filter(|l| l.contains("resuming normal operations")).count();
         let before = count(&self.error_log());
-        signal(self.pid, "USR1");
+        trigger(self);
         let deadline = Instant::now() + START_TIMEOUT;
         while count(&self.error_log()) <= before {
             assert!(
                 self.try_exit().is_none(),
-                "apache2 exited during a graceful restart\n{}",
+                "apache2 exited during a restart\n{}",
                 self.error_log()
             );
             assert!(
                 Instant::now() < deadline,
-                "no graceful restart within {START_TIMEOUT:?}\n{}",
+                "no restart within {START_TIMEOUT:?}\n{}",
                 self.error_log()
             );
             tokio::time::sleep(POLL).await;

@@ -37,6 +37,17 @@ fn skip_or_panic(why: String) -> Skip {
     Skip(why)
 }
 
+/// mod_ssl and its session cache, server-wide.
+fn load_mod_ssl(builder: ApacheBuilder) -> ApacheBuilder {
+    builder
+        // Debian's mod_ssl may be built against a newer OpenSSL 3.0.x patch release than the
+        // installed libssl: a packaging skew warning, not ours.
+        .allow("AH01882")
+        .server_line(format!("LoadModule ssl_module {MODULES_DIR}/mod_ssl.so"))
+        .server_line(format!("LoadModule socache_shmcb_module {MODULES_DIR}/mod_socache_shmcb.so"))
+        .server_line("SSLSessionCache \"shmcb:{root}/run/ssl_scache(512000)\"")
+}
+
 impl TestCa {
     /// Runs `openssl` to make the CA (EC P-256) and the server certificate (2 days valid).
     pub fn generate() -> Result<TestCa, Skip> {
@@ -138,15 +149,7 @@ impl TestCa {
     /// mod_ssl on the test vhost with this certificate (TLS 1.2 and 1.3, session cache in the
     /// server root).
     pub fn configure(&self, builder: ApacheBuilder) -> ApacheBuilder {
-        builder
-            // Debian's mod_ssl may be built against a newer OpenSSL 3.0.x patch release than
-            // the installed libssl: a packaging skew warning, not ours.
-            .allow("AH01882")
-            .server_line(format!("LoadModule ssl_module {MODULES_DIR}/mod_ssl.so"))
-            .server_line(format!(
-                "LoadModule socache_shmcb_module {MODULES_DIR}/mod_socache_shmcb.so"
-            ))
-            .server_line("SSLSessionCache \"shmcb:{root}/run/ssl_scache(512000)\"")
+        load_mod_ssl(builder)
             .vhost_line("SSLEngine on")
             .vhost_line(format!("SSLCertificateFile \"{}\"", self.server_cert.display()))
             .vhost_line(format!("SSLCertificateKeyFile \"{}\"", self.server_key.display()))
@@ -167,14 +170,7 @@ impl TestCa {
             vhost.push_str(&format!("    {line}\n"));
         }
         vhost.push_str("</VirtualHost>");
-        builder
-            .allow("AH01882")
-            .server_line(format!("LoadModule ssl_module {MODULES_DIR}/mod_ssl.so"))
-            .server_line(format!(
-                "LoadModule socache_shmcb_module {MODULES_DIR}/mod_socache_shmcb.so"
-            ))
-            .server_line("SSLSessionCache \"shmcb:{root}/run/ssl_scache(512000)\"")
-            .server_line(vhost)
+        load_mod_ssl(builder).server_line(vhost)
     }
 
     /// A rustls client configuration that trusts this CA only.
