@@ -123,7 +123,7 @@ struct State {
 #[derive(Default)]
 struct Hold {
     on: AtomicBool,
-    kept: std::sync::Mutex<Vec<UnixStream>>,
+    kept: std::sync::Mutex<Vec<Box<dyn Send>>>,
 }
 
 impl Hold {
@@ -356,7 +356,7 @@ async fn handle_child(mut stream: UnixStream, state: &State) -> Result<(), Hando
         header.forwarded_for
     );
     engine.accept_upgraded(
-        Counted { inner: tcp, _slot: slot },
+        Counted::new(tcp, slot, None),
         Handoff {
             early_data: early,
             forwarded_for: header.forwarded_for,
@@ -408,7 +408,7 @@ async fn serve_bridged(
         ping_interval
     );
     engine.accept_upgraded(
-        Bridged { inner: Some(stream), _slot: slot, hold: hold.clone() },
+        Counted::new(stream, slot, Some(hold.clone())),
         Handoff {
             early_data: early,
             forwarded_for: header.forwarded_for,
@@ -566,63 +566,28 @@ impl Drop for LiveSlot {
 }
 
 /// The client socket (or, bridged, the stream to the Apache worker) as the engine sees it;
-/// dropping it releases the slot.
-struct Counted<S> {
-    inner: S,
+/// dropping it releases the slot and closes the stream, unless it is bridged and [`Hold`] is on
+/// (then the stream is kept, and a shutdown is not passed on).
+struct Counted<S: Send + 'static> {
+    inner: Option<S>,
     _slot: LiveSlot,
+    /// Bridged streams only.
+    hold: Option<Arc<Hold>>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+impl<S: Send + 'static> Counted<S> {
+    fn new(inner: S, slot: LiveSlot, hold: Option<Arc<Hold>>) -> Counted<S> {
+        Counted { inner: Some(inner), _slot: slot, hold }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn holding(&self) -> bool {
+        self.hold.as_ref().is_some_and(|h| h.on.load(Ordering::SeqCst))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// The stream to an Apache worker's TLS bridge as the engine sees it: dropping it releases the
-/// slot and closes the stream, unless [`Hold`] is on (then the stream is kept, and a shutdown
-/// is not passed on).
-struct Bridged {
-    inner: Option<UnixStream>,
-    _slot: LiveSlot,
-    hold: Arc<Hold>,
-}
-
-impl Bridged {
-    fn stream(&mut self) -> std::io::Result<Pin<&mut UnixStream>> {
+    fn stream(&mut self) -> std::io::Result<Pin<&mut S>>
+    where
+        S: Unpin,
+    {
         match self.inner.as_mut() {
             Some(stream) => Ok(Pin::new(stream)),
             None => Err(std::io::ErrorKind::NotConnected.into()),
@@ -630,17 +595,17 @@ impl Bridged {
     }
 }
 
-impl Drop for Bridged {
+impl<S: Send + 'static> Drop for Counted<S> {
     fn drop(&mut self) {
-        if self.hold.on.load(Ordering::SeqCst) {
-            if let Some(stream) = self.inner.take() {
-                self.hold.kept.lock().unwrap_or_else(|e| e.into_inner()).push(stream);
-            }
+        if let (true, Some(hold), Some(stream)) =
+            (self.holding(), self.hold.as_ref(), self.inner.take())
+        {
+            hold.kept.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(stream));
         }
     }
 }
 
-impl AsyncRead for Bridged {
+impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -653,7 +618,7 @@ impl AsyncRead for Bridged {
     }
 }
 
-impl AsyncWrite for Bridged {
+impl<S: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -673,13 +638,28 @@ impl AsyncWrite for Bridged {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.hold.on.load(Ordering::SeqCst) {
+        if self.holding() {
             return Poll::Ready(Ok(()));
         }
         match self.stream() {
             Ok(stream) => stream.poll_shutdown(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 }
 
