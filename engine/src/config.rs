@@ -16,7 +16,8 @@ pub struct Overrides {
     pub nextcloud_url: Option<String>,
     /// `NextcloudPushRedis` (`redis://`, `rediss://`, `unix:///path`, `redis+unix://`)
     pub redis_url: Option<String>,
-    /// `NextcloudPushDatabase` (only the scheme is validated for now)
+    /// `NextcloudPushDatabase`: a database URL, parsed and checked when the configuration is
+    /// built (see [`crate::db::DbConfig::from_url`])
     pub database_url: Option<String>,
     /// `NextcloudPushTablePrefix`
     pub table_prefix: Option<String>,
@@ -113,7 +114,9 @@ pub struct EngineConfig {
     /// Nextcloud base URL, always ending in `/`.
     pub nextcloud_url: String,
     pub redis: RedisConfig,
-    /// Database URL (from NextcloudPushDatabase or config.php); the engine does not connect yet.
+    /// Database URL (from NextcloudPushDatabase or config.php) of the storage mapping
+    /// ([`crate::db::DbStorageMapping`]), which connects lazily. `None`: the engine starts with
+    /// [`crate::NoStorageMapping`] (file change events reach nobody).
     pub database_url: Option<String>,
     /// Table prefix, default `oc_`.
     pub table_prefix: String,

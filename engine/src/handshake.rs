@@ -3,14 +3,22 @@
 //! Hand-written rather than tungstenite's server handshake, because tungstenite refuses bytes
 //! after the request head (`JunkAfterRequest`), and clients do pipeline their login frames right
 //! behind the upgrade request. Those bytes become the session's early data.
+//!
+//! This file only reads the request head; what is accepted and what each refusal looks like
+//! are the rules of [`crate::upgrade`], the same ones the Apache handler applies. Header names
+//! are written in lower case.
 
 use crate::client_ip_chain;
+use crate::upgrade::{self, Route, UpgradeRequest};
 use std::net::IpAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
+
+/// The base paths whose `<base>/ws` (or `<base>/ws/`) is the WebSocket endpoint here: `/ws`
+/// directly and `/push/ws` as behind a `ProxyPass /push/`.
+const BASES: [&str; 2] = ["", "/push"];
 
 pub(crate) struct Upgraded {
     pub early_data: Vec<u8>,
@@ -31,13 +39,12 @@ pub(crate) enum HandshakeError {
     Refused(u16),
 }
 
+/// The final response instead of the 101: status, body and extra headers.
+type Answer = (u16, &'static str, &'static [(&'static str, &'static str)]);
+
 fn is_upgrade_path(target: &str) -> bool {
     let path = target.split('?').next().unwrap_or("");
-    matches!(path, "/ws" | "/ws/" | "/push/ws" | "/push/ws/")
-}
-
-fn has_token(value: &str, token: &str) -> bool {
-    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+    BASES.iter().any(|base| upgrade::classify(base, path) == Some(Route::WebSocket))
 }
 
 /// Reads the request head, validates it, answers 101 (or an error status) and returns the bytes
@@ -68,7 +75,7 @@ where
                         .find(|h| h.name.eq_ignore_ascii_case(name))
                         .and_then(|h| std::str::from_utf8(h.value).ok())
                 };
-                let result = validate(request.method, request.path, &header);
+                let result = validate(&request, &header);
                 let chain = client_ip_chain(
                     header("x-forwarded-for"),
                     header("x-real-ip"),
@@ -82,7 +89,7 @@ where
             }
             Ok(httparse::Status::Partial) => continue,
             Err(e) => {
-                let _ = respond(stream, 400, "Bad Request", "Invalid request").await;
+                let _ = respond(stream, (400, "Invalid request", &[])).await;
                 return Err(HandshakeError::Malformed(e.to_string()));
             }
         }
@@ -93,57 +100,55 @@ where
             stream.flush().await?;
             Ok(Upgraded { early_data: buffer.split_off(head_len), chain })
         }
-        Err((status, reason, body)) => {
-            respond(stream, status, reason, body).await?;
-            Err(HandshakeError::Refused(status))
+        Err(answer) => {
+            respond(stream, answer).await?;
+            Err(HandshakeError::Refused(answer.0))
         }
     }
 }
 
-type Refusal = (u16, &'static str, &'static str);
-
+/// The 101 response head for an acceptable upgrade request, or the refusal to answer with.
 fn validate<'h>(
-    method: Option<&str>,
-    path: Option<&str>,
+    request: &httparse::Request<'_, '_>,
     header: &dyn Fn(&str) -> Option<&'h str>,
-) -> Result<String, Refusal> {
-    if !path.is_some_and(is_upgrade_path) {
-        return Err((404, "Not Found", ""));
+) -> Result<String, Answer> {
+    if !request.path.is_some_and(is_upgrade_path) {
+        return Err((404, "", &[]));
     }
-    if method != Some("GET") {
-        return Err((405, "Method Not Allowed", "HTTP method not allowed"));
-    }
-    if !header("connection").is_some_and(|v| has_token(v, "upgrade")) {
-        return Err((400, "Bad Request", "Invalid request header \"connection\""));
-    }
-    if !header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket")) {
-        return Err((400, "Bad Request", "Invalid request header \"upgrade\""));
-    }
-    if header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err((400, "Bad Request", "Invalid request header \"sec-websocket-version\""));
-    }
-    let Some(key) = header("sec-websocket-key") else {
-        return Err((400, "Bad Request", "Missing request header \"sec-websocket-key\""));
+    let facts = UpgradeRequest {
+        method: request.method.unwrap_or_default(),
+        http11: request.version == Some(1),
+        h2_secondary: false,
+        connection: header("connection"),
+        upgrade: header("upgrade"),
+        version: header("sec-websocket-version"),
+        key: header("sec-websocket-key"),
     };
-    let mut head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
-        derive_accept_key(key.trim().as_bytes())
-    );
-    if let Some(origin) = header("origin") {
-        head.push_str(&format!("access-control-allow-origin: {origin}\r\n"));
+    upgrade::check_upgrade(&facts).map_err(|r| (r.status, r.body, r.headers))?;
+    let mut head = format!("HTTP/1.1 101 {}\r\n", upgrade::reason(101));
+    for (name, value) in upgrade::switching_headers(facts.key.unwrap_or_default(), header("origin"))
+    {
+        head.push_str(&format!("{}: {value}\r\n", name.to_ascii_lowercase()));
     }
     head.push_str("\r\n");
     Ok(head)
 }
 
-async fn respond<S>(stream: &mut S, status: u16, reason: &str, body: &str) -> std::io::Result<()>
+/// Writes a final response and closes the connection. As the Apache handler does, an empty body
+/// goes without a content type.
+async fn respond<S>(stream: &mut S, (status, body, headers): Answer) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let mut response = format!("HTTP/1.1 {status} {}\r\n", upgrade::reason(status));
+    for (name, value) in headers {
+        response.push_str(&format!("{}: {value}\r\n", name.to_ascii_lowercase()));
+    }
+    if !body.is_empty() {
+        response.push_str("content-type: text/plain; charset=utf-8\r\n");
+    }
+    response
+        .push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()));
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -189,5 +194,71 @@ mod tests {
         client.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
         assert!(response.ends_with("Invalid request header \"connection\""), "{response}");
+    }
+
+    /// The whole response to `request`, which must be refused with `status`.
+    async fn refused(request: &str, status: u16) -> String {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(request.as_bytes()).await.unwrap();
+        let result = upgrade(&mut server, None).await;
+        assert!(matches!(result, Err(HandshakeError::Refused(s)) if s == status), "{request}");
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    const GOOD_HEADERS: &str = "Host: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                                Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[tokio::test]
+    async fn refusals_answer_like_the_module() {
+        let response =
+            refused(&format!("GET /push/test/cookie HTTP/1.1\r\n{GOOD_HEADERS}\r\n"), 404).await;
+        assert_eq!(
+            response,
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let response = refused(&format!("POST /ws HTTP/1.1\r\n{GOOD_HEADERS}\r\n"), 405).await;
+        assert!(
+            response.starts_with("HTTP/1.1 405 Method Not Allowed\r\nallow: GET\r\n"),
+            "{response}"
+        );
+        assert!(response.ends_with("\r\n\r\nHTTP method not allowed"), "{response}");
+        let response = refused(&format!("OPTIONS /ws HTTP/1.1\r\n{GOOD_HEADERS}\r\n"), 403).await;
+        assert!(
+            response.ends_with("CORS request forbidden: request-method not allowed"),
+            "{response}"
+        );
+        let response = refused(&format!("GET /ws HTTP/1.0\r\n{GOOD_HEADERS}\r\n"), 400).await;
+        assert!(response.ends_with("WebSocket upgrades need HTTP/1.1\n"), "{response}");
+        let request =
+            format!("GET /ws HTTP/1.1\r\n{GOOD_HEADERS}\r\n").replace("Version: 13", "Version: 8");
+        let response = refused(&request, 426).await;
+        assert!(
+            response.starts_with("HTTP/1.1 426 Upgrade Required\r\nsec-websocket-version: 13\r\n"),
+            "{response}"
+        );
+        let request = format!("GET /ws HTTP/1.1\r\n{GOOD_HEADERS}\r\n")
+            .replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=");
+        let response = refused(&request, 400).await;
+        assert!(response.ends_with("Invalid request header \"sec-websocket-key\""), "{response}");
+    }
+
+    #[tokio::test]
+    async fn upgrade_accepts_token_lists_and_all_four_paths() {
+        for path in ["/ws", "/ws/", "/push/ws", "/push/ws/?a=b"] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            let request = format!("GET {path} HTTP/1.1\r\n{GOOD_HEADERS}\r\n")
+                .replace("Upgrade: websocket", "Upgrade: foo, WebSocket");
+            client.write_all(request.as_bytes()).await.unwrap();
+            assert!(upgrade(&mut server, None).await.is_ok(), "{path}");
+            let mut response = vec![0u8; 1024];
+            let n = client.read(&mut response).await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&response[..n]),
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+                 sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            );
+        }
     }
 }

@@ -6,8 +6,11 @@
 //! metrics. It never references httpd symbols and is tested as plain Rust. The contract with the
 //! Apache glue is `docs/internals.md`; the wire behaviour is the notify_push specification.
 //!
-//! Log targets: `nextcloud_push::ws`, `nextcloud_push::redis`, `nextcloud_push::auth`. Message
-//! ids: see [`error`].
+//! The WebSocket upgrade rules (routes, RFC 6455 checks, refusals, the 101's headers) are in
+//! [`upgrade`], shared by the Apache handler and [`Engine::accept_http`].
+//!
+//! Log targets: `nextcloud_push::ws`, `nextcloud_push::redis`, `nextcloud_push::auth`,
+//! `nextcloud_push::selftest`, `nextcloud_push::sql`. Message ids: see [`log_ids`].
 
 mod config;
 pub mod db;
@@ -15,6 +18,7 @@ pub mod error;
 mod event;
 mod handshake;
 mod ip;
+pub mod log_ids;
 mod message;
 mod metrics;
 mod nextcloud;
@@ -23,6 +27,7 @@ mod registry;
 mod selftest;
 mod session;
 mod storage;
+pub mod upgrade;
 mod user;
 pub mod vouch;
 
@@ -196,7 +201,9 @@ impl Engine {
     }
 
     /// Does the HTTP/1.1 WebSocket upgrade itself, then serves the session (engine tests,
-    /// benchmarks). The client IP chain is built from `X-Forwarded-For` / `X-Real-IP` /
+    /// benchmarks). `/ws` and `/push/ws` (with or without a trailing slash) are upgraded with the
+    /// rules and answers of [`upgrade`], as the Apache handler does; any other path gets 404 with
+    /// an empty body. The client IP chain is built from `X-Forwarded-For` / `X-Real-IP` /
     /// `Forwarded` with [`client_ip_chain`] and `peer` appended.
     pub fn accept_http<S>(self: &Arc<Self>, stream: S, peer: Option<IpAddr>)
     where
@@ -259,8 +266,8 @@ impl Engine {
     /// A snapshot of this engine's counters (spec §7).
     pub fn metrics(&self) -> Metrics {
         let mut metrics = self.counters.snapshot();
-        let mapping = self.storage_mapping.read().map(|m| m.query_count()).unwrap_or(0);
-        metrics.mapping_query_count += mapping;
+        metrics.mapping_query_count =
+            self.storage_mapping.read().map(|m| m.query_count()).unwrap_or(0);
         metrics
     }
 

@@ -106,7 +106,6 @@ pub(crate) struct Counters {
     pub active_connections: AtomicU64,
     pub active_users: AtomicU64,
     pub total_connections: AtomicU64,
-    pub mapping_queries: AtomicU64,
     pub events_received: AtomicU64,
     pub sent_file: AtomicU64,
     pub sent_activity: AtomicU64,
@@ -125,7 +124,8 @@ impl Counters {
             active_connection_count: get(&self.active_connections),
             active_user_count: get(&self.active_users),
             total_connection_count: get(&self.total_connections),
-            mapping_query_count: get(&self.mapping_queries),
+            // Counted by the storage mapping itself; `Engine::metrics` fills it in.
+            mapping_query_count: 0,
             events_received: get(&self.events_received),
             messages_sent: file + activity + notification + custom,
             messages_sent_file: file,

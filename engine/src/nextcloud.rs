@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// How the daemon reaches Nextcloud (issue #4): through the Apache it belongs to.
+/// How the daemon reaches Nextcloud: through the Apache it belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NextcloudRoute {
     /// The vhost's own address and port (`*` becomes 127.0.0.1). `None`: connect where the

@@ -1,5 +1,6 @@
-//! Storage → users mapping for `notify_storage_update` (spec §3). The database-backed mapping is
-//! a later piece of work; it plugs in through [`StorageMapping`] via
+//! Storage → users mapping for `notify_storage_update` (spec §3): the [`StorageMapping`] trait
+//! and [`NoStorageMapping`], the mapping of an engine without a database. The database-backed
+//! mapping is [`crate::db::DbStorageMapping`]; a mapping plugs in through
 //! [`crate::Engine::set_storage_mapping`].
 
 use futures_util::future::BoxFuture;

@@ -1,4 +1,4 @@
-//! The client-IP vouching header (issue #4): how the push daemon tells the Apache it runs in
+//! The client-IP vouching header: how the push daemon tells the Apache it runs in
 //! which client a request to Nextcloud is made for, so Nextcloud sees that client's address as
 //! `REMOTE_ADDR` without any `trusted_proxies` entry.
 //!

@@ -228,8 +228,8 @@ async fn stale_while_revalidate(backend: Backend) {
     mapping.close().await;
 }
 
-/// Median of 200 lookups, warm (cache hit) and cold (every lookup re-queries), printed for the
-/// issue note. Run: `cargo test -p nextcloud-push-engine --test db_mapping latency -- --nocapture`
+/// Median of 200 lookups, warm (cache hit) and cold (every lookup re-queries), printed for a
+/// manual look at the query's cost. Run: `cargo test -p nextcloud-push-engine --test db_mapping latency -- --nocapture`
 async fn latency(backend: Backend) {
     let db = require!(TestDb::create(backend, "oc_").await);
     populate(&db).await;

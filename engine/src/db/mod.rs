@@ -10,7 +10,7 @@
 //! updates are answered from the (possibly stale) cache or reach nobody. User events do not
 //! touch the database at all.
 //!
-//! Log target `nextcloud_push::sql`. Message ids (engine range, see [`crate::error`]):
+//! Log target `nextcloud_push::sql`. Message ids (also in [`crate::log_ids`]):
 //!
 //! | id | level | meaning |
 //! |---|---|---|

@@ -1,10 +1,13 @@
-//! Which URIs under the push base path are ours, and the RFC 6455 checks Apache makes before
-//! it answers `101 Switching Protocols`. Pure code; the request facts come from
-//! `apache::handler`.
+//! The WebSocket upgrade rules: which URIs under the push base path are ours, the RFC 6455
+//! checks made before answering `101 Switching Protocols`, and the headers of that 101.
+//!
+//! Pure code, shared by both places that answer an upgrade: the Apache handler (request facts
+//! from `request_rec`) and [`crate::Engine::accept_http`] (request facts from its own HTTP/1.1
+//! reader), so both give the same statuses, bodies and headers.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use sha1::{Digest, Sha1};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// What a request under the base path is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub struct UpgradeRequest<'a> {
     pub key: Option<&'a str>,
 }
 
-/// A refused upgrade: the final response Apache sends instead of the 101.
+/// A refused upgrade: the final response sent instead of the 101.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
@@ -118,10 +121,38 @@ pub fn valid_key(key: &str) -> bool {
 
 /// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + the RFC 6455 GUID)).
 pub fn accept_key(key: &str) -> String {
-    let mut sha = Sha1::new();
-    sha.update(key.trim().as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    BASE64.encode(sha.finalize())
+    derive_accept_key(key.trim().as_bytes())
+}
+
+/// The headers of the `101 Switching Protocols` for an accepted request with this
+/// `Sec-WebSocket-Key`, in the order they are sent. With an `Origin`, it is echoed in
+/// `Access-Control-Allow-Origin` for CORS, as notify_push does.
+pub fn switching_headers(key: &str, origin: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("Upgrade", "websocket".to_owned()),
+        ("Connection", "Upgrade".to_owned()),
+        ("Sec-WebSocket-Accept", accept_key(key)),
+    ];
+    if let Some(origin) = origin {
+        headers.push(("Access-Control-Allow-Origin", origin.to_owned()));
+    }
+    headers
+}
+
+/// The reason phrase of a status line for the statuses an upgrade can end with (httpd's
+/// phrases); empty for any other status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +232,23 @@ mod tests {
         assert_eq!(r.status, 400);
         let r = check_upgrade(&UpgradeRequest { key: Some("c2hvcnQ="), ..good() }).unwrap_err();
         assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn switching_headers_echo_the_origin() {
+        assert_eq!(
+            switching_headers("dGhlIHNhbXBsZSBub25jZQ==", None),
+            vec![
+                ("Upgrade", "websocket".to_owned()),
+                ("Connection", "Upgrade".to_owned()),
+                ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_owned()),
+            ]
+        );
+        let with_origin = switching_headers("dGhlIHNhbXBsZSBub25jZQ==", Some("https://o.example"));
+        assert_eq!(
+            with_origin.last(),
+            Some(&("Access-Control-Allow-Origin", "https://o.example".to_owned()))
+        );
+        assert_eq!(with_origin.len(), 4);
     }
 }
