@@ -383,162 +383,269 @@ async fn measure(
     base: Instant,
     result: &mut SetupResult,
 ) -> Result<(), String> {
-    let tck = procs::clk_tck() as f64;
-    // Wait until the engine is subscribed, then let everything settle.
-    if !redis.wait_for_subscribers("notify_custom", 1, Duration::from_secs(20)).await {
-        return Err("the engine never subscribed to notify_custom".into());
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = procs::mem_sum(&running.server_pids());
+    let m = Measurement::new(running, n, users, opts, base);
+    let before = m.settle(redis).await?;
     result.mem_before = Some(before);
+    let mut clients = JoinSet::new();
+    let probe = m.connect_probe(&mut clients).await;
+    let ramp = m.connect_ramp(&mut clients, probe).await;
+    m.record_connects(probe, ramp, result);
+    let live = m.idle(before, result).await;
+    if live > 0 && opts.rounds > 0 {
+        m.fan_out(redis, live, result).await?;
+    }
+    result.dropped_total = m.stats.dropped.load(Ordering::Relaxed);
+    clients.shutdown().await;
+    Ok(())
+}
 
-    // --- connect N clients: a probe one at a time, then the ramp (bounded concurrency,
-    // per-client timeout, give-up rule) ---
-    let stats = Arc::new(Stats::new(base));
-    let target = Arc::new(Target { addr: running.target.addr, path: running.target.path.clone() });
-    let spec = |i: usize, probe: bool| {
-        let (login, password) = login(i % users);
+/// What the phases of [`measure`] share: the setup under test, its clients and their counters.
+struct Measurement<'a> {
+    running: &'a Running,
+    n: usize,
+    users: usize,
+    opts: &'a Opts,
+    tck: f64,
+    stats: Arc<Stats>,
+    target: Arc<Target>,
+}
+
+/// How the ramp ended: how long it took, and why it gave up if it did.
+struct Ramp {
+    took: Duration,
+    gave_up: Option<String>,
+}
+
+impl<'a> Measurement<'a> {
+    fn new(running: &'a Running, n: usize, users: usize, opts: &'a Opts, base: Instant) -> Self {
+        Measurement {
+            running,
+            n,
+            users,
+            opts,
+            tck: procs::clk_tck() as f64,
+            stats: Arc::new(Stats::new(base)),
+            target: Arc::new(Target {
+                addr: running.target.addr,
+                path: running.target.path.clone(),
+            }),
+        }
+    }
+
+    /// Waits until the engine is subscribed, lets everything settle, and returns the servers'
+    /// memory before any client connects.
+    async fn settle(&self, redis: &RedisServer) -> Result<procs::Mem, String> {
+        if !redis.wait_for_subscribers("notify_custom", 1, Duration::from_secs(20)).await {
+            return Err("the engine never subscribed to notify_custom".into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(procs::mem_sum(&self.running.server_pids()))
+    }
+
+    fn spec(&self, i: usize, probe: bool) -> client::Spec {
+        let (login, password) = login(i % self.users);
         client::Spec {
-            target: target.clone(),
+            target: self.target.clone(),
             source: client::source_addr(i),
             login,
             password,
-            timeout: opts.connect_timeout,
+            timeout: self.opts.connect_timeout,
             probe,
         }
-    };
-    let mut clients = JoinSet::new();
-    let probe = opts.probe.min(n);
-    let one = Arc::new(Semaphore::new(1));
-    for i in 0..probe {
-        clients.spawn(client::run(spec(i, true), stats.clone(), one.clone()));
-        let deadline = Instant::now() + opts.connect_timeout + Duration::from_secs(1);
-        while stats.settled() <= i && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
     }
-    let gate = Arc::new(Semaphore::new(opts.concurrency));
-    let ramp_start = Instant::now();
-    for i in probe..n {
-        clients.spawn(client::run(spec(i, false), stats.clone(), gate.clone()));
-    }
-    // Give up once this many attempts failed: a server that stopped accepting (all workers
-    // pinned) would otherwise cost N × timeout / concurrency.
-    let give_up = (2 * opts.concurrency).max(n / 20);
-    let ramp_limit = Duration::from_secs(60) + Duration::from_millis(20 * n as u64);
-    let mut gave_up = None;
-    let mut last_print = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let settled = stats.settled();
-        if settled >= n {
-            break;
-        }
-        if gave_up.is_none() {
-            let failed = stats.failed();
-            let why = if failed >= give_up {
-                Some(format!("gave up after {failed} failed connects"))
-            } else if ramp_start.elapsed() > ramp_limit {
-                Some(format!("gave up: ramp took longer than {ramp_limit:?}"))
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                gate.close();
-                eprintln!("  {why}");
-                gave_up = Some((why, Instant::now()));
+
+    /// Connects the first `--probe` clients one at a time, for the unloaded connect+auth
+    /// latency; returns how many that was.
+    async fn connect_probe(&self, clients: &mut JoinSet<()>) -> usize {
+        let probe = self.opts.probe.min(self.n);
+        let one = Arc::new(Semaphore::new(1));
+        for i in 0..probe {
+            clients.spawn(client::run(self.spec(i, true), self.stats.clone(), one.clone()));
+            let deadline = Instant::now() + self.opts.connect_timeout + Duration::from_secs(1);
+            while self.stats.settled() <= i && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        if let Some((_, at)) = &gave_up {
-            if at.elapsed() > opts.connect_timeout + Duration::from_secs(5) {
+        probe
+    }
+
+    /// Starts the remaining clients, at most `--concurrency` connecting at a time, and waits
+    /// until every one settled or the ramp gave up.
+    async fn connect_ramp(&self, clients: &mut JoinSet<()>, probe: usize) -> Ramp {
+        let gate = Arc::new(Semaphore::new(self.opts.concurrency));
+        let start = Instant::now();
+        for i in probe..self.n {
+            clients.spawn(client::run(self.spec(i, false), self.stats.clone(), gate.clone()));
+        }
+        let gave_up = self.await_ramp(&gate, start).await;
+        Ramp { took: start.elapsed(), gave_up }
+    }
+
+    /// Polls the ramp until every client settled; once it gives up (closing `gate` to the
+    /// clients not yet started), until those in flight had their connect timeout.
+    async fn await_ramp(&self, gate: &Semaphore, start: Instant) -> Option<String> {
+        let mut gave_up: Option<(String, Instant)> = None;
+        let mut last_print = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.stats.settled() >= self.n {
                 break;
             }
+            if gave_up.is_none() {
+                if let Some(why) = self.give_up_reason(start) {
+                    gate.close();
+                    eprintln!("  {why}");
+                    gave_up = Some((why, Instant::now()));
+                }
+            }
+            if let Some((_, at)) = &gave_up {
+                if at.elapsed() > self.opts.connect_timeout + Duration::from_secs(5) {
+                    break;
+                }
+            }
+            if last_print.elapsed() > Duration::from_secs(5) {
+                last_print = Instant::now();
+                eprintln!(
+                    "  connecting: {} authenticated, {} failed of {} ({:.0} s)",
+                    self.stats.connected.load(Ordering::Relaxed),
+                    self.stats.failed(),
+                    self.n,
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
-        if last_print.elapsed() > Duration::from_secs(5) {
-            last_print = Instant::now();
-            eprintln!(
-                "  connecting: {} authenticated, {} failed of {n} ({:.0} s)",
-                stats.connected.load(Ordering::Relaxed),
-                stats.failed(),
-                ramp_start.elapsed().as_secs_f64()
-            );
-        }
+        gave_up.map(|(why, _)| why)
     }
-    let ramp = ramp_start.elapsed();
-    result.ramp_s = Some(ramp.as_secs_f64());
-    result.ramp_connects_per_s = Some(
-        stats.connected.load(Ordering::Relaxed).saturating_sub(probe) as f64 / ramp.as_secs_f64(),
-    );
-    result.probe_p50_ms = stats.connect_probe.quantile(0.5).map(ms);
-    result.probe_p99_ms = stats.connect_probe.quantile(0.99).map(ms);
-    result.connect_p50_ms = stats.connect.quantile(0.5).map(ms);
-    result.connect_p99_ms = stats.connect.quantile(0.99).map(ms);
-    result.connect_failed = stats.failed();
-    result.not_attempted = stats.not_attempted.load(Ordering::Relaxed);
-    if let Some((why, _)) = gave_up {
-        result.notes.push(why);
-    }
-    if let Ok(first) = stats.first_failure.lock() {
-        if let Some(first) = first.as_ref() {
-            result.notes.push(format!("first connect failure: {first}"));
-        }
-    }
-    eprintln!(
-        "  {} authenticated, {} failed, {} not attempted in {:.1} s",
-        stats.connected.load(Ordering::Relaxed),
-        result.connect_failed,
-        result.not_attempted,
-        ramp.as_secs_f64()
-    );
 
-    // --- idle: memory, busy workers, idle CPU ---
-    let cpu_idle0 = cpu_pair(running);
-    let idle_start = Instant::now();
-    tokio::time::sleep(opts.idle).await;
-    let cpu_idle1 = cpu_pair(running);
-    let idle_secs = idle_start.elapsed().as_secs_f64();
-    let idle_cpu = cpu_delta(cpu_idle0, cpu_idle1, tck);
-    result.idle_cpu_daemon_pct = Some(idle_cpu[0] / idle_secs * 100.0);
-    result.idle_cpu_apache_pct = Some(idle_cpu[1] / idle_secs * 100.0);
-    let live = stats.live.load(Ordering::Relaxed);
-    result.connected = live;
-    result.dropped_before_fanout = stats.dropped.load(Ordering::Relaxed);
-    let after = procs::mem_sum(&running.server_pids());
-    result.mem_after = Some(after);
-    if let Some(addr) = running.status_addr() {
+    /// Why the ramp started at `start` should give up now, if it should.
+    fn give_up_reason(&self, start: Instant) -> Option<String> {
+        // Give up once this many attempts failed: a server that stopped accepting (all workers
+        // pinned) would otherwise cost N × timeout / concurrency.
+        let give_up = (2 * self.opts.concurrency).max(self.n / 20);
+        let limit = Duration::from_secs(60) + Duration::from_millis(20 * self.n as u64);
+        let failed = self.stats.failed();
+        if failed >= give_up {
+            Some(format!("gave up after {failed} failed connects"))
+        } else if start.elapsed() > limit {
+            Some(format!("gave up: ramp took longer than {limit:?}"))
+        } else {
+            None
+        }
+    }
+
+    /// Ramp rate, connect latencies (probe and under load) and failures.
+    fn record_connects(&self, probe: usize, ramp: Ramp, result: &mut SetupResult) {
+        let stats = &self.stats;
+        let connected = stats.connected.load(Ordering::Relaxed);
+        result.ramp_s = Some(ramp.took.as_secs_f64());
+        result.ramp_connects_per_s =
+            Some(connected.saturating_sub(probe) as f64 / ramp.took.as_secs_f64());
+        result.probe_p50_ms = stats.connect_probe.quantile(0.5).map(ms);
+        result.probe_p99_ms = stats.connect_probe.quantile(0.99).map(ms);
+        result.connect_p50_ms = stats.connect.quantile(0.5).map(ms);
+        result.connect_p99_ms = stats.connect.quantile(0.99).map(ms);
+        result.connect_failed = stats.failed();
+        result.not_attempted = stats.not_attempted.load(Ordering::Relaxed);
+        if let Some(why) = ramp.gave_up {
+            result.notes.push(why);
+        }
+        if let Ok(first) = stats.first_failure.lock() {
+            if let Some(first) = first.as_ref() {
+                result.notes.push(format!("first connect failure: {first}"));
+            }
+        }
+        eprintln!(
+            "  {} authenticated, {} failed, {} not attempted in {:.1} s",
+            stats.connected.load(Ordering::Relaxed),
+            result.connect_failed,
+            result.not_attempted,
+            ramp.took.as_secs_f64()
+        );
+    }
+
+    /// With every client connected and quiet: CPU over `--idle`, then memory and busy workers;
+    /// returns how many clients are live.
+    async fn idle(&self, before: procs::Mem, result: &mut SetupResult) -> usize {
+        let cpu0 = cpu_pair(self.running);
+        let idle_start = Instant::now();
+        tokio::time::sleep(self.opts.idle).await;
+        let cpu1 = cpu_pair(self.running);
+        let idle_secs = idle_start.elapsed().as_secs_f64();
+        let idle_cpu = cpu_delta(cpu0, cpu1, self.tck);
+        result.idle_cpu_daemon_pct = Some(idle_cpu[0] / idle_secs * 100.0);
+        result.idle_cpu_apache_pct = Some(idle_cpu[1] / idle_secs * 100.0);
+        let live = self.stats.live.load(Ordering::Relaxed);
+        result.connected = live;
+        result.dropped_before_fanout = self.stats.dropped.load(Ordering::Relaxed);
+        let after = procs::mem_sum(&self.running.server_pids());
+        result.mem_after = Some(after);
+        self.record_busy_workers(result);
+        eprintln!(
+            "  idle: {live} live, RSS {} → {} KiB, PSS {} → {} KiB, busy workers {:?}",
+            before.rss_kib, after.rss_kib, before.pss_kib, after.pss_kib, result.busy_workers_idle
+        );
+        live
+    }
+
+    /// Apache's busy workers from /server-status, where the setup has one.
+    fn record_busy_workers(&self, result: &mut SetupResult) {
+        let Some(addr) = self.running.status_addr() else {
+            return;
+        };
         match tokio::task::block_in_place(|| procs::server_status(addr, Duration::from_secs(3))) {
             // the status request occupies one worker itself
             Ok(status) => result.busy_workers_idle = Some(status.busy_workers.saturating_sub(1)),
             Err(e) => {
-                result.busy_workers_idle = running.max_request_workers.map(u64::from);
+                result.busy_workers_idle = self.running.max_request_workers.map(u64::from);
                 result.notes.push(format!(
                     "/server-status got no worker ({e}): every worker busy, reported as MaxRequestWorkers"
                 ));
             }
         }
     }
-    eprintln!(
-        "  idle: {live} live, RSS {} → {} KiB, PSS {} → {} KiB, busy workers {:?}",
-        before.rss_kib, after.rss_kib, before.pss_kib, after.pss_kib, result.busy_workers_idle
-    );
 
-    // --- fan-out ---
-    if live > 0 && opts.rounds > 0 {
+    /// Broadcasts to the `live` clients: paced, then flooded; the profiler (if any) runs
+    /// meanwhile.
+    async fn fan_out(
+        &self,
+        redis: &RedisServer,
+        live: usize,
+        result: &mut SetupResult,
+    ) -> Result<(), String> {
         let mut publisher = Publisher::connect(redis.port()).await?;
-        let profiler = start_profiler(running.daemon_pid);
-        // paced: rounds at `rate`, latency at a realistic load
-        let cpu0 = cpu_pair(running);
-        let expected = opts.rounds as u64 * live as u64;
+        let profiler = start_profiler(self.running.daemon_pid);
+        self.paced_fanout(&mut publisher, live, result).await?;
+        if self.opts.flood_rounds > 0 {
+            self.flood(&mut publisher, result).await?;
+        }
+        result.foreign_frames = self.stats.phases[0].foreign.load(Ordering::Relaxed);
+        publisher.finish(Duration::from_secs(10)).await;
+        if let Some(child) = profiler {
+            await_profiler(child).await;
+        }
+        Ok(())
+    }
+
+    /// Paced: `--rounds` broadcasts at `--rate`, for the latency at a realistic load.
+    async fn paced_fanout(
+        &self,
+        publisher: &mut Publisher,
+        live: usize,
+        result: &mut SetupResult,
+    ) -> Result<(), String> {
+        let stats = &self.stats;
+        let cpu0 = cpu_pair(self.running);
+        let expected = self.opts.rounds as u64 * live as u64;
         let first_us = stats.now_us();
-        let period = Duration::from_secs_f64(1.0 / opts.rate);
+        let period = Duration::from_secs_f64(1.0 / self.opts.rate);
         let start = tokio::time::Instant::now();
-        for k in 0..opts.rounds {
+        for k in 0..self.opts.rounds {
             tokio::time::sleep_until(start + period * k).await;
-            publisher.round(users, 0, k, &stats).await?;
+            publisher.round(self.users, 0, k, stats).await?;
         }
         let published_us = stats.now_us();
         wait_delivery(&stats.phases[0], expected, Duration::from_secs(15)).await;
-        let cpu1 = cpu_pair(running);
+        let cpu1 = cpu_pair(self.running);
         let phase = &stats.phases[0];
         result.fanout_expected = expected;
         result.fanout_received = phase.received.load(Ordering::Relaxed);
@@ -548,7 +655,7 @@ async fn measure(
         result.offered_msgs_per_s = Some(
             expected as f64 / ((published_us - first_us) as f64 / 1e6).max(period.as_secs_f64()),
         );
-        let cpu = cpu_delta(cpu0, cpu1, tck);
+        let cpu = cpu_delta(cpu0, cpu1, self.tck);
         result.cpu_daemon_s = Some(cpu[0]);
         result.cpu_apache_s = Some(cpu[1]);
         result.cpu_driver_s = Some(cpu[2]);
@@ -562,50 +669,45 @@ async fn measure(
             result.fanout_p99_ms,
             result.fanout_max_ms
         );
-
-        // flood: rounds back to back, the delivered rate is the sustained messages/s
-        if opts.flood_rounds > 0 {
-            let live = stats.live.load(Ordering::Relaxed);
-            let expected = opts.flood_rounds as u64 * live as u64;
-            let cpu0 = cpu_pair(running);
-            let first_us = stats.now_us();
-            for k in 0..opts.flood_rounds {
-                publisher.round(users, 1, k, &stats).await?;
-            }
-            wait_delivery(&stats.phases[1], expected, Duration::from_secs(20)).await;
-            let cpu1 = cpu_pair(running);
-            let phase = &stats.phases[1];
-            let received = phase.received.load(Ordering::Relaxed);
-            let last = phase.last_us.load(Ordering::Relaxed);
-            result.flood_expected = expected;
-            result.flood_received = received;
-            result.flood_p99_ms = phase.latency.quantile(0.99).map(ms);
-            if received > 0 && last > first_us {
-                result.flood_msgs_per_s = Some(received as f64 / ((last - first_us) as f64 / 1e6));
-            }
-            let cpu = cpu_delta(cpu0, cpu1, tck);
-            result.flood_cpu_daemon_s = Some(cpu[0]);
-            result.flood_cpu_apache_s = Some(cpu[1]);
-            result.flood_cpu_driver_s = Some(cpu[2]);
-            eprintln!(
-                "  flood: {received}/{expected} received, {:?} msgs/s",
-                result.flood_msgs_per_s.map(|v| v.round())
-            );
-        }
-        result.foreign_frames = stats.phases[0].foreign.load(Ordering::Relaxed);
-        publisher.finish(Duration::from_secs(10)).await;
-        if let Some(mut child) = profiler {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        Ok(())
     }
-    result.dropped_total = stats.dropped.load(Ordering::Relaxed);
-    clients.shutdown().await;
-    Ok(())
+
+    /// Flood: `--flood-rounds` broadcasts back to back; the delivered rate is the sustained
+    /// messages/s.
+    async fn flood(
+        &self,
+        publisher: &mut Publisher,
+        result: &mut SetupResult,
+    ) -> Result<(), String> {
+        let stats = &self.stats;
+        let live = stats.live.load(Ordering::Relaxed);
+        let expected = self.opts.flood_rounds as u64 * live as u64;
+        let cpu0 = cpu_pair(self.running);
+        let first_us = stats.now_us();
+        for k in 0..self.opts.flood_rounds {
+            publisher.round(self.users, 1, k, stats).await?;
+        }
+        wait_delivery(&stats.phases[1], expected, Duration::from_secs(20)).await;
+        let cpu1 = cpu_pair(self.running);
+        let phase = &stats.phases[1];
+        let received = phase.received.load(Ordering::Relaxed);
+        let last = phase.last_us.load(Ordering::Relaxed);
+        result.flood_expected = expected;
+        result.flood_received = received;
+        result.flood_p99_ms = phase.latency.quantile(0.99).map(ms);
+        if received > 0 && last > first_us {
+            result.flood_msgs_per_s = Some(received as f64 / ((last - first_us) as f64 / 1e6));
+        }
+        let cpu = cpu_delta(cpu0, cpu1, self.tck);
+        result.flood_cpu_daemon_s = Some(cpu[0]);
+        result.flood_cpu_apache_s = Some(cpu[1]);
+        result.flood_cpu_driver_s = Some(cpu[2]);
+        eprintln!(
+            "  flood: {received}/{expected} received, {:?} msgs/s",
+            result.flood_msgs_per_s.map(|v| v.round())
+        );
+        Ok(())
+    }
 }
 
 fn ms(us: u64) -> f64 {
@@ -632,6 +734,16 @@ fn start_profiler(pid: Option<u32>) -> Option<std::process::Child> {
     let cmd = cmd.replace("{pid}", &pid?.to_string());
     eprintln!("  profiler: {cmd}");
     std::process::Command::new("sh").arg("-c").arg(cmd).spawn().ok()
+}
+
+/// Gives the profiler up to 120 s to finish on its own, then kills it.
+async fn await_profiler(mut child: std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Waits until `expected` frames arrived, the deadline passed, or nothing arrived for 3 s.
