@@ -5,6 +5,8 @@
 //! globals: httpd parses the configuration twice at startup and again on every restart, and
 //! dlcloses the module in between.
 
+use crate::error::DirectiveError;
+use nextcloud_push_engine::error::ConfigError;
 use nextcloud_push_engine::{EngineConfig, Overrides};
 use std::path::PathBuf;
 
@@ -32,10 +34,10 @@ pub enum Directive {
     MaxConnectionTime,
     Debounce,
     Socket,
-    /// `NextcloudPushLoopback On|Off` (issue #4): reach Nextcloud through this vhost over
-    /// loopback and vouch for the client address.
+    /// `NextcloudPushLoopback On|Off`: reach Nextcloud through this vhost over loopback and
+    /// vouch for the client address.
     Loopback,
-    /// `NextcloudPushMetrics On|Off` (issue #4): serve `<path>/metrics`.
+    /// `NextcloudPushMetrics On|Off`: serve `<path>/metrics`.
     Metrics,
 }
 
@@ -95,9 +97,44 @@ impl Directive {
     }
 }
 
-/// The directive values of one server (main or virtual host). `None` = not set here.
+/// What httpd keeps per server (main or virtual host) for this module: the directive values,
+/// merged main server → vhost, and what the parent works out from them at startup, which is
+/// never merged (every pass fills it anew).
 #[derive(Clone, Debug, Default)]
 pub struct ServerConfig {
+    pub directives: Directives,
+    pub runtime: Runtime,
+}
+
+impl ServerConfig {
+    /// `add`'s directives win field by field; the runtime part starts empty.
+    pub fn merge(base: &ServerConfig, add: &ServerConfig) -> ServerConfig {
+        ServerConfig {
+            directives: Directives::merge(&base.directives, &add.directives),
+            runtime: Runtime::default(),
+        }
+    }
+}
+
+/// Filled by the Apache parent for a push-enabled server (children inherit it by fork).
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    /// `check_config`: the validated engine configuration.
+    pub engine: Option<EngineConfig>,
+    /// `check_config`: the daemon socket (absolute), the same for every server.
+    pub socket_path: Option<PathBuf>,
+    /// `post_config`: which of the daemon's engines serves this server.
+    pub engine_index: Option<u32>,
+    /// `post_config`: that engine configuration's fingerprint (sent in the Hello).
+    pub engine_fingerprint: Option<String>,
+    /// `post_config`, for every server while a push daemon runs: the daemon's client-IP
+    /// vouching key (see `apache::vouch`).
+    pub vouch_key: Option<nextcloud_push_engine::vouch::VouchKey>,
+}
+
+/// The directive values of one server. `None` = not set here.
+#[derive(Clone, Debug, Default)]
+pub struct Directives {
     /// `NextcloudPushConfig`, already resolved against `ServerRoot`.
     pub config_php: Option<PathBuf>,
     /// `NextcloudPushPath`: begins with `/`, no trailing slash.
@@ -112,27 +149,16 @@ pub struct ServerConfig {
     pub debounce: Option<bool>,
     /// `NextcloudPushSocket` as written (main server only); resolved in `check_config`.
     pub socket: Option<String>,
-    /// Filled in `check_config` for enabled servers: the validated engine configuration.
-    pub engine: Option<EngineConfig>,
-    /// Filled in `post_config`: which of the daemon's engines serves this server.
-    pub engine_index: Option<u32>,
-    /// Filled in `post_config`: that engine configuration's fingerprint (sent in the Hello).
-    pub engine_fingerprint: Option<String>,
-    /// Filled in `check_config`: the daemon socket (absolute), the same for every server.
-    pub socket_path: Option<PathBuf>,
     /// `NextcloudPushLoopback` (default On).
     pub loopback: Option<bool>,
     /// `NextcloudPushMetrics` (default Off).
     pub metrics: Option<bool>,
-    /// Filled in `post_config` for every server while a push daemon runs: the daemon's
-    /// client-IP vouching key (Apache children inherit it; see `apache::vouch`).
-    pub vouch_key: Option<nextcloud_push_engine::vouch::VouchKey>,
 }
 
-impl ServerConfig {
+impl Directives {
     /// `add` wins field by field; the server-wide socket is always the main server's.
-    pub fn merge(base: &ServerConfig, add: &ServerConfig) -> ServerConfig {
-        ServerConfig {
+    pub fn merge(base: &Directives, add: &Directives) -> Directives {
+        Directives {
             config_php: add.config_php.clone().or_else(|| base.config_php.clone()),
             path: add.path.clone().or_else(|| base.path.clone()),
             nextcloud_url: add.nextcloud_url.clone().or_else(|| base.nextcloud_url.clone()),
@@ -144,13 +170,8 @@ impl ServerConfig {
             max_connection_time: add.max_connection_time.or(base.max_connection_time),
             debounce: add.debounce.or(base.debounce),
             socket: base.socket.clone(),
-            engine: None,
-            engine_index: None,
-            engine_fingerprint: None,
-            socket_path: None,
             loopback: add.loopback.or(base.loopback),
             metrics: add.metrics.or(base.metrics),
-            vouch_key: None,
         }
     }
 
@@ -188,15 +209,15 @@ impl ServerConfig {
     }
 
     /// Cross-field validation: reads config.php and applies the overrides.
-    pub fn load_engine_config(&self) -> Result<EngineConfig, String> {
-        EngineConfig::load(self.config_php.as_deref(), &self.overrides()).map_err(|e| e.to_string())
+    pub fn load_engine_config(&self) -> Result<EngineConfig, ConfigError> {
+        EngineConfig::load(self.config_php.as_deref(), &self.overrides())
     }
 
     /// Stores one TAKE1 directive value. `config_php` is the argument already resolved against
     /// `ServerRoot` (httpd does that, see the directive trampoline); the error names the
     /// directive so httpd can print it with file and line.
-    pub fn set(&mut self, d: Directive, arg: &str) -> Result<(), String> {
-        let err = |why: &str| format!("{}: {why}", d.name());
+    pub fn set(&mut self, d: Directive, arg: &str) -> Result<(), DirectiveError> {
+        let err = |why: &str| DirectiveError::Value { directive: d, reason: why.to_owned() };
         if arg.is_empty() {
             return Err(err("needs a non-empty argument"));
         }
@@ -268,13 +289,18 @@ impl ServerConfig {
     }
 
     /// Stores one FLAG directive value.
-    pub fn set_flag(&mut self, d: Directive, on: bool) -> Result<(), String> {
+    pub fn set_flag(&mut self, d: Directive, on: bool) -> Result<(), DirectiveError> {
         match d {
             Directive::AllowSelfSigned => self.allow_self_signed = Some(on),
             Directive::Debounce => self.debounce = Some(on),
             Directive::Loopback => self.loopback = Some(on),
             Directive::Metrics => self.metrics = Some(on),
-            _ => return Err(format!("{}: takes one argument, not On|Off", d.name())),
+            _ => {
+                return Err(DirectiveError::Value {
+                    directive: d,
+                    reason: "takes one argument, not On|Off".into(),
+                })
+            }
         }
         Ok(())
     }
@@ -356,16 +382,16 @@ mod tests {
 
     #[test]
     fn set_names_the_directive() {
-        let mut c = ServerConfig::default();
-        let e = c.set(Directive::Path, "push").unwrap_err();
+        let mut c = Directives::default();
+        let e = c.set(Directive::Path, "push").unwrap_err().to_string();
         assert!(e.starts_with("NextcloudPushPath: "), "{e}");
-        let e = c.set(Directive::MaxDebounceTime, "0").unwrap_err();
+        let e = c.set(Directive::MaxDebounceTime, "0").unwrap_err().to_string();
         assert!(e.starts_with("NextcloudPushMaxDebounceTime: "), "{e}");
-        let e = c.set(Directive::Redis, "localhost:6379").unwrap_err();
+        let e = c.set(Directive::Redis, "localhost:6379").unwrap_err().to_string();
         assert!(e.starts_with("NextcloudPushRedis: "), "{e}");
-        let e = c.set(Directive::NextcloudUrl, "cloud.example.com").unwrap_err();
+        let e = c.set(Directive::NextcloudUrl, "cloud.example.com").unwrap_err().to_string();
         assert!(e.starts_with("NextcloudPushNextcloudUrl: "), "{e}");
-        let e = c.set(Directive::TablePrefix, "oc-").unwrap_err();
+        let e = c.set(Directive::TablePrefix, "oc-").unwrap_err().to_string();
         assert!(e.starts_with("NextcloudPushTablePrefix: "), "{e}");
         assert!(c.set_flag(Directive::Path, true).is_err());
     }
@@ -373,30 +399,31 @@ mod tests {
     #[test]
     fn loopback_and_metrics_flags() {
         let mut main = ServerConfig::default();
-        assert!(main.loopback_enabled(), "loopback is on by default");
-        assert!(!main.metrics_enabled(), "metrics are off by default");
-        main.set_flag(Directive::Loopback, false).unwrap();
+        assert!(main.directives.loopback_enabled(), "loopback is on by default");
+        assert!(!main.directives.metrics_enabled(), "metrics are off by default");
+        main.directives.set_flag(Directive::Loopback, false).unwrap();
+        main.runtime.vouch_key = Some(nextcloud_push_engine::vouch::VouchKey::generate());
         let mut vhost = ServerConfig::default();
-        vhost.set_flag(Directive::Metrics, true).unwrap();
+        vhost.directives.set_flag(Directive::Metrics, true).unwrap();
         let merged = ServerConfig::merge(&main, &vhost);
-        assert!(!merged.loopback_enabled());
-        assert!(merged.metrics_enabled());
-        assert!(merged.vouch_key.is_none(), "filled in post_config only");
-        let e = main.set(Directive::Loopback, "yes").unwrap_err();
+        assert!(!merged.directives.loopback_enabled());
+        assert!(merged.directives.metrics_enabled());
+        assert!(merged.runtime.vouch_key.is_none(), "filled in post_config only");
+        let e = main.directives.set(Directive::Loopback, "yes").unwrap_err().to_string();
         assert!(e.starts_with("NextcloudPushLoopback: "), "{e}");
     }
 
     #[test]
     fn merge_and_enabled() {
-        let mut main = ServerConfig::default();
+        let mut main = Directives::default();
         main.set(Directive::Socket, "/run/x.sock").unwrap();
         main.set(Directive::Redis, "redis://127.0.0.1").unwrap();
         main.set_flag(Directive::Debounce, false).unwrap();
         assert!(!main.is_enabled());
-        let mut vhost = ServerConfig::default();
+        let mut vhost = Directives::default();
         vhost.set(Directive::NextcloudUrl, "http://cloud").unwrap();
         vhost.set(Directive::Socket, "/ignored.sock").unwrap();
-        let merged = ServerConfig::merge(&main, &vhost);
+        let merged = Directives::merge(&main, &vhost);
         assert!(merged.is_enabled());
         assert_eq!(merged.socket.as_deref(), Some("/run/x.sock"));
         assert_eq!(merged.debounce, Some(false));

@@ -6,15 +6,21 @@
 //! `docs/internals.md` for the contract between the parts and `apache/nextcloud_push.conf` for
 //! the directives.
 //!
-//! Layout: [`apache`] is the only module with `unsafe` (httpd, APR and system calls);
-//! [`config`], [`handshake`] and [`handoff`] are pure and unit-tested; [`daemon`] is the
-//! daemon's safe part. Message ids are listed in [`error`].
+//! Layout, one folder per process and one for what they share:
+//! - [`apache`]: the httpd glue, running in Apache's processes (parent and children); the only
+//!   place that touches httpd and APR;
+//! - [`daemon`]: the push daemon's side, forked from the Apache parent (safe code);
+//! - [`wire`]: the protocol between the two, both sides of it (safe code);
+//! - [`sys`]: plain libc behind safe signatures, for both;
+//! - [`config`]: the directive values; [`error`]: the error types; [`log_ids`]: the message ids.
+//!
+//! `apache` and `daemon` meet only at the fork (`apache::process` calls [`daemon::run`]).
 #![deny(unsafe_code)]
 
 pub mod apache;
 pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod error;
-pub mod handoff;
-pub mod handshake;
+pub mod log_ids;
+pub mod sys;
+pub mod wire;

@@ -1,5 +1,5 @@
 //! Message-id registry of the Apache glue and the push daemon: `NCP0001`–`NCP0999` (the engine
-//! owns `NCP1000`–`NCP1999`, see `nextcloud_push_engine::error`). Every line at `warn` or above
+//! owns `NCP1000`–`NCP1999`, see `nextcloud_push_engine::log_ids`). Every line at `warn` or above
 //! carries an id, so tests and admins can whitelist or grep expected lines.
 //!
 //! | id | level | where | meaning |
@@ -31,6 +31,10 @@
 //! | `NCP0033` | debug | child | the client went away while the 101 was sent |
 //! | `NCP0034` | error | child | handoff failed after the 101 (the client sees the connection close) |
 //! | `NCP0035` | debug | child | a bridged (TLS) WebSocket ended, and why (daemon closed, client gone, idle for `Timeout`, Apache stopping) |
+//! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
+//! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
+//! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |
+//! | `NCP0043` | info | parent | how the daemon reaches Nextcloud for an engine (loopback address or the URL) |
 //! | `NCP0101` | info | daemon | daemon ready: version, socket, engines, fd limit |
 //! | `NCP0102` | info | daemon | daemon stopping (SIGTERM/SIGINT): close 1001 to every session |
 //! | `NCP0103` | info | daemon | daemon stopped |
@@ -40,11 +44,7 @@
 //! | `NCP0107` | debug | daemon | a WebSocket was handed over (early bytes, client IP chain) |
 //! | `NCP0108` | debug | daemon | a bridged (TLS) WebSocket arrived from an Apache worker (early bytes, client IP chain, ping interval) |
 //! | `NCP0109` | warn | daemon | a connection to the daemon socket from a uid other than root or Apache's `User` was refused (peer credentials) |
+//! | `NCP0110` | debug | daemon | a control request (self-test endpoint, metrics) was answered |
 //! | `NCP0111` | info | daemon | stop notice from the Apache parent (`apachectl stop` or `graceful-stop`): every session gets Close 1001, then the daemon exits |
 //! | `NCP0112` | debug | daemon | an unknown byte on the stop-notice channel was ignored |
 //! | `NCP0113` | info | daemon | restart notice from the Apache parent (`apachectl restart`, not graceful): the bridged (TLS) sessions get Close 1001, the daemon and plain sessions stay |
-//! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
-//! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
-//! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |
-//! | `NCP0043` | info | parent | how the daemon reaches Nextcloud for an engine (loopback address or the URL) |
-//! | `NCP0110` | debug | daemon | a control request (self-test endpoint, metrics) was answered |

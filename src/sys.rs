@@ -1,6 +1,7 @@
-//! Unix-socket and process primitives that need raw system calls, behind safe signatures:
-//! connecting with a deadline, sending and receiving a descriptor (`SCM_RIGHTS`), the fd limit,
-//! and `_exit`.
+//! Plain libc behind safe signatures, for both processes (no httpd types here): connecting a
+//! Unix socket with a deadline, sending and receiving a descriptor (`SCM_RIGHTS`), the fd limit,
+//! the effective uid, and `_exit`. The only unsafe module outside `apache/`.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem;

@@ -2,7 +2,7 @@
 //! state lives in this Apache child, so the descriptor cannot be handed to the daemon. Instead
 //! the worker thread that ran the handler stays and relays plaintext between the connection's
 //! filters (mod_ssl decrypts and encrypts) and a Unix stream to the daemon, which treats that
-//! stream as the upgraded WebSocket (bridged mode of the handoff protocol, `crate::handoff`).
+//! stream as the upgraded WebSocket (bridged mode of the handoff protocol, `crate::wire::handoff`).
 //!
 //! The loop follows the shape of httpd's `ap_proxy_tunnel_run` (modules/proxy/proxy_util.c),
 //! simplified for a two-party byte relay on one thread:
@@ -32,6 +32,7 @@
 //!   its sessions end.
 
 use super::ffi;
+use crate::error::ClientError;
 use std::ffi::{c_int, CStr};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -78,16 +79,16 @@ pub fn child_stopping(graceful: bool) {
 }
 
 /// How a bridged session ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum End {
     /// The daemon closed its side (the WebSocket session is over).
     DaemonClosed,
     /// Nothing moved for `Timeout`.
     Idle(Duration),
     /// Reading from or writing to the client failed (it went away).
-    Client(String),
-    /// The daemon stream failed.
-    Daemon(String),
+    Client(ClientError),
+    /// The daemon stream failed (reading or writing).
+    Daemon(&'static str, std::io::Error),
     /// The child was told to stop ungracefully and has closed the client connection.
     Stopping,
 }
@@ -98,7 +99,7 @@ impl std::fmt::Display for End {
             End::DaemonClosed => f.write_str("the push daemon ended the session"),
             End::Idle(t) => write!(f, "nothing moved for {t:?} (Timeout)"),
             End::Client(e) => write!(f, "client connection: {e}"),
-            End::Daemon(e) => write!(f, "push daemon stream: {e}"),
+            End::Daemon(op, e) => write!(f, "push daemon stream: {op}: {e}"),
             End::Stopping => f.write_str("Apache is stopping (the connection was closed)"),
         }
     }
@@ -147,7 +148,7 @@ pub unsafe fn run(r: *mut ffi::request_rec, daemon: &UnixStream, idle: Duration)
     // SAFETY: per contract.
     let mut client = match unsafe { Client::new(r) } {
         Some(c) => c,
-        None => return End::Client("no client socket".into()),
+        None => return End::Client(ClientError::NoSocket),
     };
     let mut pending: Vec<u8> = Vec::new();
     let mut client_open = true;
@@ -178,7 +179,7 @@ pub unsafe fn run(r: *mut ffi::request_rec, daemon: &UnixStream, idle: Duration)
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return End::Daemon(format!("write: {e}")),
+                Err(e) => return End::Daemon("write", e),
             }
         }
         if !client_open && pending.is_empty() && !daemon_write_shut {
@@ -197,7 +198,7 @@ pub unsafe fn run(r: *mut ffi::request_rec, daemon: &UnixStream, idle: Duration)
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return End::Daemon(format!("read: {e}")),
+                Err(e) => return End::Daemon("read", e),
             }
         }
 
@@ -226,14 +227,14 @@ pub unsafe fn run(r: *mut ffi::request_rec, daemon: &UnixStream, idle: Duration)
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != ErrorKind::Interrupted {
-                return End::Daemon(format!("poll: {e}"));
+                return End::Daemon("poll", e);
             }
         }
         if fds[2].revents != 0 || fds[0].revents & libc::POLLNVAL != 0 {
             return End::Stopping;
         }
         if fds[1].revents & libc::POLLNVAL != 0 {
-            return End::Daemon("poll: invalid descriptor".into());
+            return End::Daemon("poll", std::io::Error::from_raw_os_error(libc::EBADF));
         }
         // Whatever woke us (or the timeout), the loop reads both sides again, nonblocking.
     }
@@ -283,7 +284,7 @@ impl Client {
     }
 
     /// Nonblocking reads of `c->input_filters` until nothing is left or `limit` is reached.
-    fn read(&mut self, into: &mut Vec<u8>, limit: usize) -> Result<Read_, String> {
+    fn read(&mut self, into: &mut Vec<u8>, limit: usize) -> Result<Read_, ClientError> {
         let mut got = Read_::Nothing;
         while into.len() < limit {
             let want = (limit - into.len()).min(CHUNK);
@@ -320,7 +321,7 @@ impl Client {
                 return Ok(Read_::Eof);
             }
             if rv != 0 {
-                return Err(format!("read failed ({})", apr_error(rv)));
+                return Err(ClientError::Read(apr_error(rv)));
             }
             if !data.is_empty() {
                 into.extend_from_slice(&data);
@@ -340,7 +341,7 @@ impl Client {
 
     /// Writes `data` through the connection's output filters with a FLUSH (blocks at most the
     /// socket timeout, Apache's `Timeout`).
-    fn write(&mut self, data: &[u8]) -> Result<(), String> {
+    fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
         // SAFETY: live connection on this thread; apr_brigade_write copies `data` into heap
         // buckets of the brigade, ap_fflush adds a FLUSH bucket and passes it down.
         let rv = unsafe {
@@ -357,11 +358,11 @@ impl Client {
             rv
         };
         if rv != 0 {
-            return Err(format!("write failed ({})", apr_error(rv)));
+            return Err(ClientError::Write(apr_error(rv)));
         }
         // SAFETY: live connection.
         if unsafe { (*self.c).aborted } != 0 {
-            return Err("connection aborted".into());
+            return Err(ClientError::Aborted);
         }
         Ok(())
     }

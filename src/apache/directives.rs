@@ -6,6 +6,7 @@
 
 use super::{ffi, module, pool, server_config};
 use crate::config::Directive;
+use crate::error::DirectiveError;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 
@@ -118,30 +119,30 @@ unsafe extern "C" fn set_take1(
 ) -> *const c_char {
     module::trampoline_directive(cmd, || {
         // SAFETY: httpd passes a live cmd_parms and a NUL-terminated argument.
-        let arg = unsafe { pool::cstr(arg) }.ok_or("argument is not valid UTF-8")?;
+        let arg = unsafe { pool::cstr(arg) }.ok_or(DirectiveError::NotUtf8)?;
         let d = directive(cmd)?;
         // SAFETY: as above.
         unsafe { context_check(cmd, d)? };
+        let invalid = |reason: String| DirectiveError::Value { directive: d, reason };
         let value = if d == Directive::Config {
             // SAFETY: cmd->pool is the live configuration pool.
             let resolved =
                 unsafe { ffi::ap_server_root_relative((*cmd).pool, pool::pstr((*cmd).pool, arg)) };
             // SAFETY: NULL or a pool string.
             let resolved = unsafe { pool::cstr(resolved) }
-                .ok_or_else(|| format!("{}: invalid path \"{arg}\"", d.name()))?
+                .ok_or_else(|| invalid(format!("invalid path \"{arg}\"")))?
                 .to_owned();
             match std::fs::metadata(&resolved) {
                 Ok(m) if m.is_file() => resolved,
-                Ok(_) => return Err(format!("{}: {resolved} is not a file", d.name())),
-                Err(e) => return Err(format!("{}: {resolved}: {e}", d.name())),
+                Ok(_) => return Err(invalid(format!("{resolved} is not a file"))),
+                Err(e) => return Err(invalid(format!("{resolved}: {e}"))),
             }
         } else {
             arg.to_owned()
         };
         // SAFETY: cmd->server is the server being configured.
-        let conf =
-            unsafe { server_config::get((*cmd).server) }.ok_or("module configuration missing")?;
-        conf.set(d, &value)
+        let conf = unsafe { server_config::get((*cmd).server) }.ok_or(DirectiveError::NoConfig)?;
+        conf.directives.set(d, &value)
     })
 }
 
@@ -156,23 +157,22 @@ unsafe extern "C" fn set_flag(
         // SAFETY: httpd passes a live cmd_parms.
         unsafe { context_check(cmd, d)? };
         // SAFETY: cmd->server is the server being configured.
-        let conf =
-            unsafe { server_config::get((*cmd).server) }.ok_or("module configuration missing")?;
-        conf.set_flag(d, on != 0)
+        let conf = unsafe { server_config::get((*cmd).server) }.ok_or(DirectiveError::NoConfig)?;
+        conf.directives.set_flag(d, on != 0)
     })
 }
 
-fn directive(cmd: *mut ffi::cmd_parms) -> Result<Directive, String> {
+fn directive(cmd: *mut ffi::cmd_parms) -> Result<Directive, DirectiveError> {
     // SAFETY: httpd passes a live cmd_parms whose `info` is the entry's cmd_data.
     let id = unsafe { (*cmd).info } as usize;
-    Directive::from_id(id).ok_or_else(|| format!("unknown directive id {id}"))
+    Directive::from_id(id).ok_or(DirectiveError::UnknownId(id))
 }
 
 /// Server-wide directives are refused inside `<VirtualHost>` (and any section).
 ///
 /// # Safety
 /// `cmd` must be live.
-unsafe fn context_check(cmd: *mut ffi::cmd_parms, d: Directive) -> Result<(), String> {
+unsafe fn context_check(cmd: *mut ffi::cmd_parms, d: Directive) -> Result<(), DirectiveError> {
     if !d.is_server_wide() {
         return Ok(());
     }
@@ -181,7 +181,7 @@ unsafe fn context_check(cmd: *mut ffi::cmd_parms, d: Directive) -> Result<(), St
     // SAFETY: NULL or a NUL-terminated static/pool string.
     match unsafe { pool::cstr(err) } {
         None if err.is_null() => Ok(()),
-        Some(e) => Err(e.to_owned()),
-        None => Err(format!("{} is server-wide", d.name())),
+        Some(e) => Err(DirectiveError::Context(e.to_owned())),
+        None => Err(DirectiveError::Context(format!("{} is server-wide", d.name()))),
     }
 }

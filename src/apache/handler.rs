@@ -6,10 +6,14 @@
 use super::log::{log_at, Severity};
 use super::request::Request;
 use super::{bridge, ffi, server_config};
-use crate::handoff::{self, HandoffError};
-use crate::handshake::{self, Route, UpgradeRequest};
+use crate::config::ServerConfig;
+use crate::error::ClientError;
+use crate::wire::control::{self, ControlRequest};
+use crate::wire::handoff::{self, Hello};
+use nextcloud_push_engine::upgrade::{self, Route, UpgradeRequest};
 use std::ffi::{c_int, CStr};
 use std::net::IpAddr;
+use std::path::Path;
 
 /// `r->handler` of claimed requests (also usable with `SetHandler`).
 pub const HANDLER: &CStr = c"nextcloud-push";
@@ -32,11 +36,11 @@ pub unsafe fn translate_name(r: *mut ffi::request_rec) -> c_int {
     }
     // SAFETY: the request's server is live; request threads only read the config.
     let Some(conf) = (unsafe { server_config::get_ref(req.server()) }) else { return DECLINED };
-    if conf.engine.is_none() {
+    if conf.runtime.engine.is_none() {
         return DECLINED;
     }
     let Some(uri) = req.uri() else { return DECLINED };
-    if handshake::classify(conf.base_path(), uri).is_none() {
+    if upgrade::classify(conf.directives.base_path(), uri).is_none() {
         return DECLINED;
     }
     req.claim(HANDLER, &format!("{FILENAME_PREFIX}{uri}"));
@@ -71,41 +75,32 @@ pub unsafe fn handle(r: *mut ffi::request_rec) -> c_int {
     }
     // SAFETY: the request's server is live.
     let Some(conf) = (unsafe { server_config::get_ref(req.server()) }) else { return DECLINED };
-    if conf.engine.is_none() {
+    if conf.runtime.engine.is_none() {
         return DECLINED;
     }
-    let route = req.uri().and_then(|uri| handshake::classify(conf.base_path(), uri));
+    let route = req.uri().and_then(|uri| upgrade::classify(conf.directives.base_path(), uri));
     match route {
-        Some(Route::WebSocket) => {
-            let hello =
-                conf.engine_index.map(|i| handoff::Hello::new(i, conf.engine_fingerprint.clone()));
-            upgrade(&mut req, hello, conf.socket_path.as_deref())
+        Some(Route::WebSocket) => websocket(&mut req, conf),
+        // The self-test endpoints and the metrics are answered by the daemon.
+        Some(Route::Test(rest)) => ask_daemon(&mut req, conf, format!("test/{rest}")),
+        Some(Route::Metrics) if conf.directives.metrics_enabled() => {
+            ask_daemon(&mut req, conf, "metrics".into())
         }
-        // The self-test endpoints and the metrics are answered by the daemon (issue #4).
-        Some(Route::Test(rest)) => control(&mut req, conf, format!("test/{rest}")),
-        Some(Route::Metrics) if conf.metrics_enabled() => control(&mut req, conf, "metrics".into()),
         Some(Route::Metrics) | Some(Route::Unknown) | None => req.respond(404, "", &[]),
     }
 }
 
 /// Forwards `<base>/test/…` or `<base>/metrics` to the daemon and writes its answer.
-fn control(req: &mut Request<'_>, conf: &crate::config::ServerConfig, path: String) -> c_int {
-    let (Some(engine), Some(socket)) = (conf.engine_index, conf.socket_path.as_deref()) else {
-        log_at(
-            req.server(),
-            Severity::Error,
-            "NCP0031: push is enabled but not set up in this process; answering 503",
-        );
-        return unavailable(req);
-    };
-    let request = crate::control::ControlRequest {
+fn ask_daemon(req: &mut Request<'_>, conf: &ServerConfig, path: String) -> c_int {
+    let Some((engine, socket)) = daemon_route(req, conf) else { return unavailable(req) };
+    let request = ControlRequest {
         engine,
-        config: conf.engine_fingerprint.clone(),
+        config: conf.runtime.engine_fingerprint.clone(),
         method: req.method().to_owned(),
         path,
         token: req.header_in(c"token").map(str::to_owned),
     };
-    match crate::control::ask(socket, &request, crate::control::CONTROL_TIMEOUT) {
+    match control::ask(socket, &request, control::CONTROL_TIMEOUT) {
         Ok(answer) => req.respond(answer.status, &answer.body, &[]),
         Err(e) => {
             log_at(
@@ -121,11 +116,20 @@ fn control(req: &mut Request<'_>, conf: &crate::config::ServerConfig, path: Stri
     }
 }
 
-fn upgrade(
-    req: &mut Request<'_>,
-    hello: Option<handoff::Hello>,
-    socket: Option<&std::path::Path>,
-) -> c_int {
+/// The engine and socket this process's parent set up for the server; logs NCP0031 without.
+fn daemon_route<'c>(req: &Request<'_>, conf: &'c ServerConfig) -> Option<(u32, &'c Path)> {
+    let route = conf.runtime.engine_index.zip(conf.runtime.socket_path.as_deref());
+    if route.is_none() {
+        log_at(
+            req.server(),
+            Severity::Error,
+            "NCP0031: push is enabled but not set up in this process; answering 503",
+        );
+    }
+    route
+}
+
+fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
     let tls = req.is_tls();
     // SAFETY: the live request of this handler call.
     let timeout = unsafe { bridge::server_timeout(req.raw()) };
@@ -138,22 +142,16 @@ fn upgrade(
         version: req.header_in(c"Sec-WebSocket-Version"),
         key: req.header_in(c"Sec-WebSocket-Key"),
     };
-    if let Err(refusal) = handshake::check_upgrade(&facts) {
+    if let Err(refusal) = upgrade::check_upgrade(&facts) {
         return req.respond(refusal.status, refusal.body, refusal.headers);
     }
     let key = facts.key.unwrap_or_default();
-    let (Some(hello), Some(socket)) = (hello, socket) else {
-        log_at(
-            req.server(),
-            Severity::Error,
-            "NCP0031: push is enabled but not set up in this process; answering 503",
-        );
-        return unavailable(req);
-    };
+    let Some((engine, socket)) = daemon_route(req, conf) else { return unavailable(req) };
+    let config = conf.runtime.engine_fingerprint.clone();
     // TLS (mod_ssl): this worker will relay the plaintext (see `bridge`), so the daemon treats
     // the Unix stream itself as the WebSocket and pings within Apache's Timeout.
     let hello =
-        if tls { handoff::Hello::bridged(hello.engine, hello.config, timeout) } else { hello };
+        if tls { Hello::bridged(engine, config, timeout) } else { Hello::new(engine, config) };
 
     // Ask the daemon before anything is sent: a refusal can still be a clean 503.
     let accepted = match handoff::ask_daemon(socket, &hello, handoff::ASK_TIMEOUT) {
@@ -171,11 +169,8 @@ fn upgrade(
     let origin = req.header_in(c"Origin");
     // core_upgrade_handler may have put `Upgrade: h2c` here on a connection's first request.
     req.clear_headers_out();
-    req.set_header_out("Upgrade", "websocket");
-    req.set_header_out("Connection", "Upgrade");
-    req.set_header_out("Sec-WebSocket-Accept", &handshake::accept_key(key));
-    if let Some(origin) = origin {
-        req.set_header_out("Access-Control-Allow-Origin", origin);
+    for (name, value) in upgrade::switching_headers(key, origin) {
+        req.set_header_out(name, &value);
     }
     req.set_status(101);
     req.send_interim();
@@ -192,23 +187,29 @@ fn upgrade(
         req.header_in(c"Forwarded"),
         peer,
     );
-    let early = req.drain_input(handoff::MAX_EARLY).map_err(HandoffError::Protocol);
+    let early = match req.drain_input(handoff::MAX_EARLY) {
+        Ok(early) => early,
+        Err(e) => return handoff_failed(req, e),
+    };
     if tls {
-        return bridged(req, accepted, chain, early, timeout);
+        return bridged(req, accepted, chain, &early, timeout);
     }
-    let result = early.and_then(|early| {
-        let fd =
-            req.client_fd().ok_or_else(|| HandoffError::Protocol("no client socket".into()))?;
-        accepted.hand_off(fd, chain, &early)
-    });
-    if let Err(e) = result {
-        log_at(
-            req.server(),
-            Severity::Error,
-            &format!("NCP0034: WebSocket handoff to the push daemon failed after the 101: {e}"),
-        );
+    let Some(fd) = req.client_fd() else { return handoff_failed(req, ClientError::NoSocket) };
+    if let Err(e) = accepted.hand_off(fd, chain, &early) {
+        return handoff_failed(req, e);
     }
-    // From here on the socket belongs to the daemon (or, on error, is simply closed).
+    // From here on the socket belongs to the daemon.
+    req.abandon_connection();
+    DONE
+}
+
+/// After the 101 nothing can be answered any more: log why, and let the connection go.
+fn handoff_failed(req: &mut Request<'_>, e: impl std::fmt::Display) -> c_int {
+    log_at(
+        req.server(),
+        Severity::Error,
+        &format!("NCP0034: WebSocket handoff to the push daemon failed after the 101: {e}"),
+    );
     req.abandon_connection();
     DONE
 }
@@ -219,20 +220,12 @@ fn bridged(
     req: &mut Request<'_>,
     accepted: handoff::Accepted,
     chain: Vec<IpAddr>,
-    early: Result<Vec<u8>, HandoffError>,
+    early: &[u8],
     timeout: std::time::Duration,
 ) -> c_int {
-    let stream = match early.and_then(|early| accepted.bridge(chain, &early)) {
+    let stream = match accepted.bridge(chain, early) {
         Ok(stream) => stream,
-        Err(e) => {
-            log_at(
-                req.server(),
-                Severity::Error,
-                &format!("NCP0034: WebSocket handoff to the push daemon failed after the 101: {e}"),
-            );
-            req.abandon_connection();
-            return DONE;
-        }
+        Err(e) => return handoff_failed(req, e),
     };
     let r = req.raw();
     // SAFETY: the live request of this handler call, after the 101, on its own thread; the

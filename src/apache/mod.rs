@@ -1,17 +1,20 @@
-//! Everything that touches httpd, APR or raw system calls: the only place with `unsafe`.
+//! The httpd glue: everything that runs in Apache's processes (the parent and its children)
+//! and touches httpd or APR. The push daemon (`crate::daemon`) is reached only through the fork
+//! in [`process`] and the protocol in `crate::wire`.
 //!
 //! - [`module`]: the exported module record, `register_hooks` and the hook trampolines;
 //! - [`directives`] and [`server_config`]: the `NextcloudPush*` directives and their pool-owned
 //!   per-server storage;
 //! - [`lifecycle`]: `check_config`, `post_config`, the push daemon's spawn/watch/respawn/stop in
-//!   the Apache parent (state in `ap_retained_data`);
+//!   the Apache parent; the decisions it applies are the pure functions of [`plan`], the state
+//!   that survives restarts is [`retained`] (`ap_retained_data`);
 //! - [`process`]: what the forked daemon does before it runs safe code (fork hygiene);
 //! - [`stop_notice`]: the parent's stop signals, passed on to the daemon before the children stop;
 //! - [`handler`] and [`request`]: claiming `<base>/…` and the WebSocket upgrade + handoff;
 //! - [`bridge`]: the worker-held plaintext relay for WebSockets over TLS (mod_ssl);
 //! - [`vouch`]: the client-IP vouching hook (`post_read_request`) and the vhost's own address;
-//! - [`unix`]: Unix-socket helpers with descriptor passing (`SCM_RIGHTS`);
-//! - [`log`]: the `log` backend (`ap_log_error_` in Apache, stderr lines in the daemon).
+//! - [`log`]: the `log` backend (`ap_log_error_` in Apache, stderr lines in the daemon);
+//! - [`ffi`] and [`pool`]: the bindgen bindings and APR pool helpers.
 //!
 //! Rules: every `extern "C"` callback is a short trampoline that runs a safe body inside
 //! `catch_unwind` (a panic must never unwind into httpd); every `unsafe` block says why it is
@@ -27,12 +30,13 @@ pub mod handler;
 pub mod lifecycle;
 pub mod log;
 pub mod module;
+pub mod plan;
 pub mod pool;
 pub mod process;
 pub mod request;
+pub mod retained;
 pub mod server_config;
 pub mod stop_notice;
-pub mod unix;
 pub mod vouch;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -4,6 +4,7 @@
 #[cfg(not(test))]
 use super::{directives, server_config};
 use super::{ffi, handler, lifecycle, pool};
+use crate::error::DirectiveError;
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 
@@ -96,7 +97,7 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
             );
             // Per request, right after the request head was read and before mod_remoteip:
             // strip the push daemon's client-IP vouching header from every request and apply
-            // a valid one (issue #4, `vouch`).
+            // a valid one (`vouch`).
             ffi::ap_hook_post_read_request(
                 Some(post_read_request),
                 ptr::null(),
@@ -127,7 +128,7 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
                 ffi::APR_HOOK_FIRST as c_int,
             );
             // Child, when it is told to stop: an ungraceful stop wakes the TLS bridges, whose
-            // connections the MPM has just closed (issue #5, `bridge`).
+            // connections the MPM has just closed (`bridge`).
             ffi::ap_hook_child_stopping(
                 Some(child_stopping),
                 ptr::null(),
@@ -136,7 +137,7 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
             );
             // Parent, whenever the MPM started a child (so after it installed its signal
             // handlers): wrap the stop handlers so `apachectl stop`/`graceful-stop` notify the
-            // push daemon before the children stop (issue #5, `stop_notice`).
+            // push daemon before the children stop (`stop_notice`).
             ffi::ap_hook_child_status(
                 Some(child_status),
                 ptr::null(),
@@ -292,17 +293,19 @@ pub(super) fn trampoline_ptr(what: &str, body: impl FnOnce() -> *mut c_void) -> 
 /// file and line before refusing to start.
 pub(super) fn trampoline_directive(
     cmd: *mut ffi::cmd_parms,
-    body: impl FnOnce() -> Result<(), String>,
+    body: impl FnOnce() -> Result<(), DirectiveError>,
 ) -> *const c_char {
-    let result = super::guard(
-        "directive",
-        Err("internal error (panic), see the error log".to_owned()),
-        body,
-    );
+    let result = super::guard("directive", Err(None), || body().map_err(Some));
     match result {
         Ok(()) => ptr::null(),
         // SAFETY: cmd->pool is the live configuration pool (cmd is non-null for directives).
-        Err(msg) if !cmd.is_null() => unsafe { pool::pstr((*cmd).pool, &msg) },
+        Err(e) if !cmd.is_null() => unsafe {
+            let msg = e.map_or_else(
+                || "internal error (panic), see the error log".to_owned(),
+                |e| e.to_string(),
+            );
+            pool::pstr((*cmd).pool, &msg)
+        },
         Err(_) => c"mod_nextcloud_push: invalid directive".as_ptr(),
     }
 }

@@ -1,5 +1,6 @@
 //! Forking the push daemon from the Apache parent, and everything the child does before it
-//! runs safe code (`crate::daemon::run`).
+//! runs safe code: [`spawn`] ends in `crate::daemon::run`, the one edge between the Apache glue
+//! and the daemon.
 //!
 //! The parent has no threads (httpd forbids them with forked MPMs), so `fork()` is safe and the
 //! child may allocate. The child inherits the parent's listeners, scoreboard, pipes, log files,
@@ -10,7 +11,9 @@
 //! `nextcloud-push`; and only then starts tokio.
 
 use super::{ffi, log as aplog};
-use crate::daemon::{self, DaemonSetup, Ready, EXIT_STARTUP_FAILED};
+use crate::daemon::{self, DaemonSetup, EXIT_STARTUP_FAILED};
+use crate::error::{SpawnError, StartupError};
+use crate::wire::ready::{self, Ready, Report};
 use nextcloud_push_engine::EngineConfig;
 use std::ffi::c_int;
 use std::io::Read;
@@ -25,9 +28,6 @@ const NAME: &str = "nextcloud-push";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exit status after a panic in the daemon.
 const EXIT_PANIC: i32 = 70;
-/// Start of [`spawn`]'s error when the daemon ended before it reported anything (killed, e.g.
-/// by an admin's SIGKILL): a death, not a configuration failure, so it is retried.
-pub const DIED_DURING_STARTUP: &str = "the push daemon exited during startup";
 
 /// What the daemon needs from the parent's configuration.
 pub struct SpawnSpec<'a> {
@@ -35,7 +35,7 @@ pub struct SpawnSpec<'a> {
     pub server: *mut ffi::server_rec,
     pub socket_path: &'a Path,
     pub engines: &'a [EngineConfig],
-    /// How each engine reaches Nextcloud: loopback address and vouching key (issue #4).
+    /// How each engine reaches Nextcloud: loopback address and vouching key.
     pub routes: &'a [nextcloud_push_engine::NextcloudRoute],
     pub level: ::log::LevelFilter,
 }
@@ -45,7 +45,7 @@ pub struct SpawnSpec<'a> {
 ///
 /// # Safety
 /// Only in the Apache parent, with no other threads, with live `pconf`/`server`.
-pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), String> {
+pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
     let mut pair: [c_int; 2] = [-1, -1];
     // SAFETY: socketpair fills two fresh descriptors on success.
     if unsafe {
@@ -57,7 +57,7 @@ pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), Stri
         )
     } != 0
     {
-        return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
+        return Err(sys_error("socketpair"));
     }
     // SAFETY: both are fresh and owned only here.
     let (notice_parent, notice_daemon) =
@@ -70,7 +70,7 @@ pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), Stri
     let mut fds: [c_int; 2] = [-1, -1];
     // SAFETY: pipe2 fills two fresh descriptors on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+        return Err(sys_error("pipe"));
     }
     // SAFETY: both are fresh and owned only here.
     let (read_end, write_end) =
@@ -80,7 +80,7 @@ pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), Stri
     // SAFETY: as above: no other thread can hold a lock the child would need.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        return Err(sys_error("fork"));
     }
     if pid == 0 {
         drop(read_end);
@@ -89,15 +89,19 @@ pub unsafe fn spawn(spec: &SpawnSpec<'_>) -> Result<(libc::pid_t, OwnedFd), Stri
             // SAFETY: this is the freshly forked child of a single-threaded parent.
             unsafe { child_main(spec, write_end, notice_daemon, parent) }
         });
-        super::unix::exit_now(code);
+        crate::sys::exit_now(code);
     }
     drop(write_end);
     drop(notice_daemon);
     wait_ready(read_end, pid).map(|pid| (pid, notice_parent))
 }
 
+fn sys_error(call: &'static str) -> SpawnError {
+    SpawnError::Sys { call, source: std::io::Error::last_os_error() }
+}
+
 /// Parent side: reads the readiness pipe until "OK", "ERR …", EOF or the timeout.
-fn wait_ready(pipe: OwnedFd, pid: libc::pid_t) -> Result<libc::pid_t, String> {
+fn wait_ready(pipe: OwnedFd, pid: libc::pid_t) -> Result<libc::pid_t, SpawnError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut file = std::fs::File::from(pipe);
     let mut got = Vec::new();
@@ -120,7 +124,7 @@ fn wait_ready(pipe: OwnedFd, pid: libc::pid_t) -> Result<libc::pid_t, String> {
             if err.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(format!("waiting for the push daemon: {err}"));
+            return Err(SpawnError::Wait(err));
         }
         if rc == 0 {
             continue;
@@ -130,34 +134,31 @@ fn wait_ready(pipe: OwnedFd, pid: libc::pid_t) -> Result<libc::pid_t, String> {
             Ok(0) => break,
             Ok(n) => {
                 got.extend_from_slice(&buf[..n]);
-                if got.starts_with(b"OK") {
-                    log_fd_capacity(&got);
+                if let Report::Ready { fd_limit } = Report::parse(&got) {
+                    if let Some(limit) = fd_limit {
+                        log_fd_capacity(limit);
+                    }
                     return Ok(pid);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("waiting for the push daemon: {e}")),
+            Err(e) => return Err(SpawnError::Wait(e)),
         }
     }
-    let text = String::from_utf8_lossy(&got).into_owned();
     let status = reap(pid, Duration::from_secs(2));
-    match text.strip_prefix("ERR ") {
-        Some(msg) => Err(msg.to_owned()),
-        None => Err(format!("{DIED_DURING_STARTUP} ({status})")),
+    match Report::parse(&got) {
+        Report::Failed(msg) => Err(SpawnError::Startup(msg)),
+        _ => Err(SpawnError::DiedDuringStartup(status)),
     }
 }
 
-/// Sessions the daemon should be able to hold (the issue's target), plus its reserve.
+/// Sessions a daemon should be able to hold; below that, the admin is told what to raise.
 const WANTED_SESSIONS: u64 = 50_000;
 
-/// `OK <fd limit>` from the daemon: one notice line (always logged) when fewer than
+/// The daemon's descriptor limit: one notice line (always logged) when fewer than
 /// [`WANTED_SESSIONS`] fit, with what to change.
-fn log_fd_capacity(ready: &[u8]) {
-    let text = String::from_utf8_lossy(ready);
-    let Some(limit) = text.strip_prefix("OK ").and_then(|t| t.trim().parse::<u64>().ok()) else {
-        return;
-    };
-    let sessions = limit.saturating_sub(crate::daemon::FD_RESERVE);
+fn log_fd_capacity(limit: u64) {
+    let sessions = ready::session_capacity(limit);
     if sessions < WANTED_SESSIONS {
         aplog::log_at(
             std::ptr::null(),
@@ -268,11 +269,10 @@ unsafe fn child_main(
     let (uid, gid) = unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) };
     let listener = match bind_socket(spec.socket_path, uid, gid) {
         Ok(l) => l,
-        Err(e) => {
-            let msg =
-                format!("cannot bind the push daemon socket {}: {e}", spec.socket_path.display());
-            ::log::error!(target: "nextcloud_push::daemon", "NCP0014: {msg}");
-            ready.fail(&msg);
+        Err(source) => {
+            let e = StartupError::Bind { path: spec.socket_path.display().to_string(), source };
+            ::log::error!(target: "nextcloud_push::daemon", "NCP0014: {e}");
+            ready.fail(&e.to_string());
             return EXIT_STARTUP_FAILED;
         }
     };
@@ -281,9 +281,9 @@ unsafe fn child_main(
     // chroot, setuid to `User`).
     // SAFETY: httpd's hook runner with the parent's live pool and server.
     if unsafe { ffi::ap_run_drop_privileges(spec.pconf, spec.server) } != ffi::OK as c_int {
-        let msg = "cannot drop privileges to User/Group".to_owned();
-        ::log::error!(target: "nextcloud_push::daemon", "NCP0015: {msg}");
-        ready.fail(&msg);
+        let e = StartupError::DropPrivileges;
+        ::log::error!(target: "nextcloud_push::daemon", "NCP0015: {e}");
+        ready.fail(&e.to_string());
         return EXIT_STARTUP_FAILED;
     }
 

@@ -2,6 +2,7 @@
 //! needs. Built once per hook call from the pointer httpd passes; never stored.
 
 use super::{ffi, pool};
+use crate::error::ClientError;
 use std::ffi::{c_int, CStr};
 use std::os::fd::BorrowedFd;
 
@@ -155,7 +156,7 @@ impl<'r> Request<'r> {
     /// Reads, without blocking, everything httpd already buffered from the client after the
     /// request head (and whatever the socket has right now), up to `limit` bytes. An error on
     /// a read failure or if the client sent more than `limit`.
-    pub fn drain_input(&mut self, limit: usize) -> Result<Vec<u8>, String> {
+    pub fn drain_input(&mut self, limit: usize) -> Result<Vec<u8>, ClientError> {
         let mut out = Vec::new();
         let c = self.r.connection;
         // SAFETY: live connection and request pool; the brigade is emptied before each read
@@ -175,7 +176,7 @@ impl<'r> Request<'r> {
                     if rv == ffi::APR_EAGAIN as i32 || rv == ffi::APR_EOF as i32 {
                         break;
                     }
-                    return Err(format!("reading buffered client data failed (APR status {rv})"));
+                    return Err(ClientError::Drain(rv));
                 }
                 let mut len: ffi::apr_off_t = 0;
                 let rv = ffi::apr_brigade_length(bb, 1, &mut len);
@@ -190,7 +191,7 @@ impl<'r> Request<'r> {
                 out.truncate(start + got);
                 ffi::apr_brigade_cleanup(bb as *mut _);
                 if out.len() > limit {
-                    return Err(format!("client sent more than {limit} bytes before the 101"));
+                    return Err(ClientError::TooMuch(limit));
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! Stop notices from the Apache parent to the push daemon (issue #5).
+//! Stop notices from the Apache parent to the push daemon: the parent's side of
+//! `crate::wire::notice`.
 //!
 //! Why: `apachectl stop` (SIGTERM to the parent) or `restart` (SIGHUP) makes the MPM end every busy worker's
 //! connection (event/worker `close_worker_sockets`, prefork `ap_unixd_killpg`) before any
@@ -11,9 +12,9 @@
 //! How: the parent's own handlers for SIGTERM, SIGINT, SIGWINCH and SIGHUP (httpd's `sig_term`
 //! and `sig_restart` from `ap_unixd_mpm_set_signals`, which only set flags) are wrapped. The
 //! wrapper runs httpd's handler first, then, in the parent only, writes one byte to a
-//! socketpair whose other end the daemon reads (`crate::daemon`): `T` for stop, `W` for
+//! socketpair whose other end the daemon reads: `T` for stop, `W` for
 //! graceful-stop, `R` for a hard restart. After `T` it waits in poll(2), at most
-//! [`STOP_WAIT_MS`], until the daemon answers or closes its end: by then every session has its
+//! [`notice::PARENT_WAIT`], until the daemon answers or closes its end: by then every session has its
 //! Close 1001, bridged ones through the bridges that still run in the children. After `R` it
 //! waits the same way while the daemon closes only the bridged sessions (the daemon and the
 //! plain sessions stay). Only then does the MPM's main loop see the flag and stop the children.
@@ -30,19 +31,13 @@
 //! on when the generation starts its first child (`child_status`), and `monitor` checks again.
 
 use super::ffi;
+use crate::wire::notice;
 use std::ffi::{c_int, c_void};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
-/// How long the parent's SIGTERM handler waits for the daemon's answer. The daemon answers
-/// after at most [`crate::daemon::STOP_ACK_AFTER`], earlier when every session has ended.
-pub const STOP_WAIT_MS: i64 = 3000;
-
-/// The notice bytes (docs/internals.md, "Stop notices").
-pub const NOTICE_STOP: u8 = b'T';
-pub const NOTICE_GRACEFUL_STOP: u8 = b'W';
-pub const NOTICE_HARD_RESTART: u8 = b'R';
-pub const NOTICE_DONE: u8 = b'A';
+/// How long the parent's signal handler waits for the daemon's answer, in milliseconds.
+const WAIT_MS: i64 = notice::PARENT_WAIT.as_millis() as i64;
 
 const SIGNALS: [c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGWINCH, libc::SIGHUP];
 /// httpd's handlers (`sa_handler` values), same index as [`SIGNALS`]; 0 = not wrapped.
@@ -179,9 +174,9 @@ fn notify(sig: c_int) {
         return;
     }
     let (byte, wait) = match sig {
-        libc::SIGWINCH => (NOTICE_GRACEFUL_STOP, false),
-        libc::SIGHUP => (NOTICE_HARD_RESTART, true),
-        _ => (NOTICE_STOP, true),
+        libc::SIGWINCH => (notice::GRACEFUL_STOP, false),
+        libc::SIGHUP => (notice::HARD_RESTART, true),
+        _ => (notice::STOP, true),
     };
     // Once per daemon and generation (set_channel clears it): prefork's parent signals its
     // own process group with SIGHUP during a hard restart and would notify twice.
@@ -201,7 +196,7 @@ fn notify(sig: c_int) {
         if sent != 1 || !wait {
             return;
         }
-        let deadline = now_ms() + STOP_WAIT_MS;
+        let deadline = now_ms() + WAIT_MS;
         loop {
             let left = deadline - now_ms();
             if left <= 0 {

@@ -1,4 +1,4 @@
-//! Client IP without `trusted_proxies` (issue #4).
+//! Client IP without `trusted_proxies`.
 //!
 //! The push daemon calls Nextcloud (login check, `/test/remote`, …) through this Apache over
 //! loopback and vouches for the client it acts for with `X-Nextcloud-Push-Vouch` (see
@@ -41,7 +41,7 @@ pub unsafe fn post_read_request(r: *mut ffi::request_rec) -> c_int {
         .and_then(|ip| ip.parse::<IpAddr>().ok());
     // SAFETY: the request's live server; request threads only read the configuration.
     let conf = unsafe { server_config::get_ref((*r).server) };
-    let key = conf.and_then(|c| c.vouch_key.as_ref());
+    let key = conf.and_then(|c| c.runtime.vouch_key.as_ref());
     let vouched = match (peer, key) {
         (Some(peer), Some(key)) if vouch::is_loopback(peer) => {
             key.verify(&value, vouch::now_secs())

@@ -1,7 +1,6 @@
-//! The wire format between an Apache child and the push daemon, and the child's side of it.
+//! The handoff of one WebSocket from an Apache child to the daemon, and the child's side of it.
 //!
-//! One Unix stream connection per WebSocket (see docs/internals.md). Frames are a `u32`
-//! little-endian length followed by that many payload bytes.
+//! One Unix stream connection per WebSocket (see docs/internals.md):
 //! 1. child → daemon: [`Hello`] (JSON frame);
 //! 2. daemon → child: one byte, [`ACCEPTED`] or [`REFUSED`];
 //! 3. child → daemon, in one `sendmsg` carrying the client socket as `SCM_RIGHTS`:
@@ -9,11 +8,14 @@
 //!    its request head and Apache had already read);
 //! 4. the child closes its end.
 //!
-//! Bridged mode (TLS through mod_ssl, see `apache::bridge`): the [`Hello`] says `bridged` and
-//! carries Apache's `Timeout`; step 3 has no descriptor, and after the early bytes the same Unix
-//! stream carries the client's plaintext WebSocket bytes both ways, relayed by the Apache worker.
+//! Bridged mode (TLS through mod_ssl, the worker relays the plaintext): the [`Hello`] says
+//! `bridged` and carries Apache's `Timeout`; step 3 has no descriptor, and after the early bytes
+//! the same Unix stream carries the client's plaintext WebSocket bytes both ways.
 
-use crate::apache::unix;
+#[cfg(test)]
+use super::{encode_frame, read_frame, MAX_FRAME};
+use super::{encode_json, frame_len, read_frame_async, Deadline, WireError, PROTOCOL};
+use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -21,16 +23,12 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Bumped on any incompatible change; the daemon refuses other versions, and a changed
-/// version restarts the daemon at the next graceful restart (it is part of the fingerprint).
-pub const PROTOCOL: u32 = 2;
 /// Daemon's answer to a [`Hello`]: go ahead.
 pub const ACCEPTED: u8 = 1;
 /// Daemon's answer to a [`Hello`]: unknown engine, out of file descriptors or shutting down.
 pub const REFUSED: u8 = 0;
-/// Largest JSON frame either side accepts.
-pub const MAX_FRAME: usize = 16 * 1024;
 /// Most early bytes a child forwards. A client must wait for the 101 before it sends frames
 /// (RFC 6455 §4.1), so anything near this is abuse.
 pub const MAX_EARLY: usize = 64 * 1024;
@@ -89,40 +87,18 @@ pub struct HandoffHeader {
     pub early_len: u32,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HandoffError {
-    #[error("cannot connect to the push daemon at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
-    #[error("the push daemon did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the push daemon refused the connection (unknown engine, out of file descriptors or shutting down)")]
-    Refused,
-    #[error("push daemon connection: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("push daemon protocol error: {0}")]
-    Protocol(String),
-}
-
-/// `u32` little-endian length + payload.
-pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// The length announced by a frame header, checked against [`MAX_FRAME`].
-pub fn frame_len(header: [u8; 4]) -> Result<usize, HandoffError> {
-    let len = u32::from_le_bytes(header) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(HandoffError::Protocol(format!("frame length {len} out of range")));
+impl HandoffHeader {
+    /// The header frame's payload, checked: at most [`MAX_EARLY`] early bytes.
+    pub fn decode(payload: &[u8]) -> Result<HandoffHeader, WireError> {
+        let header: HandoffHeader = super::decode_json(payload, "handoff header")?;
+        if header.early_len as usize > MAX_EARLY {
+            return Err(WireError::Protocol(format!(
+                "{} early bytes announced (at most {MAX_EARLY})",
+                header.early_len
+            )));
+        }
+        Ok(header)
     }
-    Ok(len)
-}
-
-pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain structs cannot fail.
-    encode_frame(&serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// The bytes of step 3: header frame + early bytes.
@@ -142,26 +118,19 @@ pub struct HandoffAssembler {
 
 impl HandoffAssembler {
     /// Appends bytes. Returns the header and the early bytes once everything has arrived.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(HandoffHeader, Vec<u8>)>, HandoffError> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(HandoffHeader, Vec<u8>)>, WireError> {
         self.buf.extend_from_slice(bytes);
         if self.header.is_none() && self.buf.len() >= 4 {
             let len = frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])?;
             if self.buf.len() >= 4 + len {
-                let header: HandoffHeader = serde_json::from_slice(&self.buf[4..4 + len])
-                    .map_err(|e| HandoffError::Protocol(format!("bad handoff header: {e}")))?;
-                if header.early_len as usize > MAX_EARLY {
-                    return Err(HandoffError::Protocol(format!(
-                        "{} early bytes announced (at most {MAX_EARLY})",
-                        header.early_len
-                    )));
-                }
+                let header = HandoffHeader::decode(&self.buf[4..4 + len])?;
                 self.header = Some((header, 4 + len));
             }
         }
         if let Some((header, start)) = &self.header {
             let end = start + header.early_len as usize;
             if self.buf.len() > end {
-                return Err(HandoffError::Protocol("bytes after the early data".into()));
+                return Err(WireError::Protocol("bytes after the early data".into()));
             }
             if self.buf.len() == end {
                 return Ok(Some((header.clone(), self.buf[*start..end].to_vec())));
@@ -174,9 +143,20 @@ impl HandoffAssembler {
     pub fn wanted(&self) -> usize {
         match &self.header {
             Some((h, start)) => (start + h.early_len as usize).saturating_sub(self.buf.len()),
-            None => 4 + MAX_FRAME,
+            None => 4 + super::MAX_FRAME,
         }
     }
+}
+
+/// Step 3 of bridged mode on the daemon side: the header frame and exactly `early_len` bytes,
+/// with exact reads, so not one byte of the WebSocket behind them is consumed.
+pub async fn read_bridged(
+    mut stream: impl AsyncRead + Unpin,
+) -> Result<(HandoffHeader, Vec<u8>), WireError> {
+    let header = HandoffHeader::decode(&read_frame_async(&mut stream).await?)?;
+    let mut early = vec![0u8; header.early_len as usize];
+    stream.read_exact(&mut early).await?;
+    Ok((header, early))
 }
 
 /// The child's connection to the daemon after the daemon accepted (steps 1–2 done).
@@ -187,47 +167,15 @@ pub struct Accepted {
 
 /// Steps 1–2: connects to `socket`, sends `hello` and waits for the answer, all within
 /// `timeout`.
-pub fn ask_daemon(
-    socket: &Path,
-    hello: &Hello,
-    timeout: Duration,
-) -> Result<Accepted, HandoffError> {
-    let deadline = Instant::now() + timeout;
-    let stream = unix::connect_with_deadline(socket, deadline).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::TimedOut {
-            HandoffError::Timeout(timeout)
-        } else {
-            HandoffError::Connect { path: socket.display().to_string(), source }
-        }
-    })?;
-    let remaining = |d: Instant| {
-        d.checked_duration_since(Instant::now())
-            .filter(|r| !r.is_zero())
-            .ok_or(HandoffError::Timeout(timeout))
-    };
-    stream.set_write_timeout(Some(remaining(deadline)?))?;
-    (&stream).write_all(&encode_json(hello))?;
-    stream.set_read_timeout(Some(remaining(deadline)?))?;
+pub fn ask_daemon(socket: &Path, hello: &Hello, timeout: Duration) -> Result<Accepted, WireError> {
+    let deadline = Deadline::after(timeout);
+    let stream = super::open(socket, Instant::now() + timeout, &deadline, hello)?;
     let mut answer = [0u8; 1];
-    match (&stream).read_exact(&mut answer) {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(HandoffError::Timeout(timeout))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(HandoffError::Refused)
-        }
-        Err(e) => return Err(e.into()),
-    }
+    (&stream).read_exact(&mut answer).map_err(|e| deadline.answer_error(e.into()))?;
     match answer[0] {
         ACCEPTED => Ok(Accepted { stream }),
-        REFUSED => Err(HandoffError::Refused),
-        other => Err(HandoffError::Protocol(format!("unexpected answer byte {other}"))),
+        REFUSED => Err(WireError::Refused),
+        other => Err(WireError::Protocol(format!("unexpected answer byte {other}"))),
     }
 }
 
@@ -238,35 +186,33 @@ impl Accepted {
         client: BorrowedFd<'_>,
         forwarded_for: Vec<IpAddr>,
         early: &[u8],
-    ) -> Result<(), HandoffError> {
-        if early.len() > MAX_EARLY {
-            return Err(HandoffError::Protocol(format!("{} early bytes", early.len())));
-        }
-        let msg = encode_handoff(forwarded_for, early);
-        self.stream.set_write_timeout(Some(HANDOFF_TIMEOUT / 2))?;
+    ) -> Result<(), WireError> {
+        let msg = self.step3(forwarded_for, early)?;
         // The descriptor travels with the first chunk; a short write (a full socket buffer)
         // is finished with plain writes.
-        let sent = unix::send_with_fd(&self.stream, &msg, client)?;
+        let sent = sys::send_with_fd(&self.stream, &msg, client)?;
         (&self.stream).write_all(&msg[sent..])?;
         Ok(())
     }
 
     /// Step 3 of bridged mode: sends the header and the early bytes (no descriptor) and returns
     /// the stream, nonblocking, which from now on carries the WebSocket's plaintext.
-    pub fn bridge(
-        self,
-        forwarded_for: Vec<IpAddr>,
-        early: &[u8],
-    ) -> Result<UnixStream, HandoffError> {
-        if early.len() > MAX_EARLY {
-            return Err(HandoffError::Protocol(format!("{} early bytes", early.len())));
-        }
-        self.stream.set_write_timeout(Some(HANDOFF_TIMEOUT / 2))?;
-        (&self.stream).write_all(&encode_handoff(forwarded_for, early))?;
+    pub fn bridge(self, forwarded_for: Vec<IpAddr>, early: &[u8]) -> Result<UnixStream, WireError> {
+        let msg = self.step3(forwarded_for, early)?;
+        (&self.stream).write_all(&msg)?;
         self.stream.set_write_timeout(None)?;
         self.stream.set_read_timeout(None)?;
         self.stream.set_nonblocking(true)?;
         Ok(self.stream)
+    }
+
+    /// The bytes of step 3, checked, with the stream's write timeout set for them.
+    fn step3(&self, forwarded_for: Vec<IpAddr>, early: &[u8]) -> Result<Vec<u8>, WireError> {
+        if early.len() > MAX_EARLY {
+            return Err(WireError::Protocol(format!("{} early bytes", early.len())));
+        }
+        self.stream.set_write_timeout(Some(HANDOFF_TIMEOUT / 2))?;
+        Ok(encode_handoff(forwarded_for, early))
     }
 }
 
@@ -363,11 +309,7 @@ mod client_tests {
         let listener = UnixListener::bind(path).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut len = [0u8; 4];
-            s.read_exact(&mut len).unwrap();
-            let mut payload = vec![0u8; frame_len(len).unwrap()];
-            s.read_exact(&mut payload).unwrap();
-            let hello: Hello = serde_json::from_slice(&payload).unwrap();
+            let hello: Hello = serde_json::from_slice(&read_frame(&mut s).unwrap()).unwrap();
             match answer {
                 Some(a) => s.write_all(&[a]).unwrap(),
                 None => std::thread::sleep(Duration::from_millis(600)),
@@ -380,7 +322,7 @@ mod client_tests {
     fn no_daemon_is_a_connect_error() {
         let e = ask_daemon(&socket_path("none"), &Hello::new(0, None), Duration::from_millis(200))
             .unwrap_err();
-        assert!(matches!(e, HandoffError::Connect { .. }), "{e}");
+        assert!(matches!(e, WireError::Connect { .. }), "{e}");
     }
 
     #[test]
@@ -389,14 +331,14 @@ mod client_tests {
         let daemon = fake_daemon(&path, Some(REFUSED));
         let e = ask_daemon(&path, &Hello::new(7, Some("fp".into())), Duration::from_secs(2))
             .unwrap_err();
-        assert!(matches!(e, HandoffError::Refused), "{e}");
+        assert!(matches!(e, WireError::Refused), "{e}");
         assert_eq!(daemon.join().unwrap().0, Hello::new(7, Some("fp".into())));
 
         let path = socket_path("silent");
         let daemon = fake_daemon(&path, None);
         let t = Instant::now();
         let e = ask_daemon(&path, &Hello::new(0, None), Duration::from_millis(300)).unwrap_err();
-        assert!(matches!(e, HandoffError::Timeout(_)), "{e}");
+        assert!(matches!(e, WireError::Timeout(_)), "{e}");
         assert!(t.elapsed() < Duration::from_millis(550));
         daemon.join().unwrap();
         let _ = std::fs::remove_file(&path);
@@ -413,11 +355,8 @@ mod client_tests {
         let (seen, mut stream) = daemon.join().unwrap();
         assert_eq!(seen, hello);
         // Exactly the header and the early bytes, no descriptor; then the stream is a pipe.
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).unwrap();
-        let mut header = vec![0u8; frame_len(len).unwrap()];
-        stream.read_exact(&mut header).unwrap();
-        let header: HandoffHeader = serde_json::from_slice(&header).unwrap();
+        let header: HandoffHeader =
+            serde_json::from_slice(&read_frame(&mut stream).unwrap()).unwrap();
         assert_eq!(header, HandoffHeader { forwarded_for: ips, early_len: 5 });
         let mut early = [0u8; 5];
         stream.read_exact(&mut early).unwrap();
@@ -445,7 +384,7 @@ mod client_tests {
         let mut buf = [0u8; 256];
         let mut fds = Vec::new();
         let (header, early) = loop {
-            let (n, got) = match unix::recv_with_fds(stream.as_fd(), &mut buf) {
+            let (n, got) = match sys::recv_with_fds(stream.as_fd(), &mut buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;

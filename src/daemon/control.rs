@@ -1,0 +1,118 @@
+//! The daemon's answers to control requests (`crate::wire::control`): the self-test endpoints
+//! and the metrics, computed by the engine the request names.
+
+use super::State;
+use crate::wire::control::{ControlFrame, ControlResponse, CONTROL_TIMEOUT};
+use crate::wire::{self, WireError, PROTOCOL};
+use std::sync::atomic::Ordering;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+/// Answers one control request on `stream` and closes it (bounded: the engine bounds its Redis
+/// and Nextcloud calls; this bounds the whole answer too).
+pub async fn serve(
+    mut stream: UnixStream,
+    frame: ControlFrame,
+    state: &State,
+) -> Result<(), WireError> {
+    let path = frame.control.path.clone();
+    let respond = async {
+        let response = if state.shutting_down.load(Ordering::SeqCst) {
+            ControlResponse::unavailable()
+        } else {
+            answer(frame, state).await
+        };
+        wire::write_json_async(&mut stream, &response).await?;
+        stream.shutdown().await?;
+        Ok::<(), WireError>(())
+    };
+    tokio::time::timeout(CONTROL_TIMEOUT, respond)
+        .await
+        .map_err(|_| WireError::Timeout(CONTROL_TIMEOUT))??;
+    log::debug!(target: "nextcloud_push::daemon", "NCP0110: answered control request {path}");
+    Ok(())
+}
+
+/// The answer to a control request (the engine does the work).
+async fn answer(frame: ControlFrame, state: &State) -> ControlResponse {
+    let request = frame.control;
+    if frame.protocol != PROTOCOL {
+        return ControlResponse::unavailable();
+    }
+    let Ok(engine) = state.engine(request.engine, request.config.as_deref()) else {
+        return ControlResponse::unavailable();
+    };
+    if request.path == "metrics" {
+        return ControlResponse::new(200, engine.metrics().to_prometheus_with_help());
+    }
+    let Some(route) = request.path.strip_prefix("test/") else {
+        return ControlResponse::new(404, "");
+    };
+    let answer = engine.test_request(&request.method, route, request.token.as_deref()).await;
+    ControlResponse::new(answer.status, answer.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::tests::{engine, state};
+    use crate::wire::control::tests::request;
+    use crate::wire::control::{ask, ControlRequest};
+    use crate::wire::Opening;
+    use std::time::Duration;
+
+    /// Child (`ask`, blocking) ⇄ daemon (`parse` + `serve`) over a real Unix socket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trip_over_a_unix_socket() {
+        let state = state(vec![engine()]);
+        let prints = state.prints.clone();
+        let path = std::env::temp_dir().join(format!("ncp-control-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let payload = wire::read_frame_async(&mut stream).await.unwrap();
+                let Ok(Opening::Control(frame)) = Opening::decode(&payload) else {
+                    panic!("a control frame")
+                };
+                serve(stream, frame, &state).await.unwrap();
+            }
+        });
+        let ask_path = path.clone();
+        let good = ControlRequest { config: Some(prints[0].clone()), ..request("metrics") };
+        let answers = tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(5);
+            let metrics = ask(&ask_path, &good, timeout).unwrap();
+            let other =
+                ask(&ask_path, &ControlRequest { path: "other".into(), ..good.clone() }, timeout)
+                    .unwrap();
+            let stale = ask(
+                &ask_path,
+                &ControlRequest { config: Some("old".into()), ..good.clone() },
+                timeout,
+            )
+            .unwrap();
+            let unknown =
+                ask(&ask_path, &ControlRequest { engine: 3, ..good.clone() }, timeout).unwrap();
+            let test =
+                ask(&ask_path, &ControlRequest { path: "test/nope".into(), ..good }, timeout)
+                    .unwrap();
+            (metrics, other, stale, unknown, test)
+        })
+        .await
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let (metrics, other, stale, unknown, test) = answers;
+        assert_eq!(metrics.status, 200);
+        assert!(
+            metrics.body.contains("# TYPE active_connection_count gauge\n"),
+            "{}",
+            metrics.body
+        );
+        assert_eq!((other.status, other.body.as_str()), (404, ""));
+        assert_eq!(stale.status, 503, "a child of an older configuration");
+        assert_eq!(unknown.status, 503);
+        assert_eq!((test.status, test.body.as_str()), (404, ""), "unknown test routes");
+    }
+}
