@@ -101,7 +101,7 @@ const FUNCTIONS: &[&str] = &[
     "ap_set_content_length",
     "ap_remove_(input|output)_filter_byhandle",
     "ap_hook_child_stopping",
-    // issue #5: stop notices (the parent's stop handlers are wrapped once children start)
+    // Stop notices (the parent's stop handlers are wrapped once children start)
     "ap_hook_child_(status|init)",
     "ap_fflush",
     "apr_brigade_write",
@@ -115,7 +115,7 @@ const FUNCTIONS: &[&str] = &[
     "apr_os_file_get",
     "apr_proc_other_child_(register|unregister)",
     "apr_time_now",
-    // issue #4: the client-IP vouching hook and the vhost's own address
+    // The client-IP vouching hook and the vhost's own address
     "ap_hook_post_read_request",
     "apr_table_unset",
     "apr_sockaddr_info_get",

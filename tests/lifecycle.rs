@@ -1,4 +1,4 @@
-//! The push daemon's life under everything Apache does (issue #5), for the event, worker and
+//! The push daemon's life under everything Apache does, for the event, worker and
 //! prefork MPMs: graceful reloads with 200 connected clients (plain and wss) that all keep
 //! receiving, a changed configuration that replaces the daemon (clients get a Close frame),
 //! stop and graceful-stop (Close 1001, nothing left behind, socket removed), a SIGKILLed daemon
@@ -630,12 +630,12 @@ async fn peer_credentials_are_checked(stack: &mut Stack) {
     stack.apache.await_error_log("NCP0109", T).await;
 }
 
-/// Descriptors the daemon keeps for itself (`daemon::FD_RESERVE`, docs/internals.md).
+/// Descriptors the daemon keeps for itself (`wire::ready::FD_RESERVE`, docs/internals.md).
 const FD_RESERVE: u64 = 256;
-/// The sessions the daemon should hold when Apache's hard limit allows (issue #5).
+/// The sessions the daemon should hold when Apache's hard limit allows.
 const WANTED_SESSIONS: u64 = 50_000;
 
-/// RLIMIT_NOFILE (issue #5). Apache started with soft 1024 and this machine's hard limit (what
+/// RLIMIT_NOFILE. Apache started with soft 1024 and this machine's hard limit (what
 /// systemd gives apache2.service on Debian: 1024:524288): the daemon runs with soft = hard, and
 /// NCP0018 appears exactly when that leaves room for fewer than 50 000 sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

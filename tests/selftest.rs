@@ -1,4 +1,4 @@
-//! `occ notify_push:setup https://host/push` through a real apache2 (issue #4): the self-test of
+//! `occ notify_push:setup https://host/push` through a real apache2: the self-test of
 //! spec §5.1 step by step, with the Nextcloud double running *behind the same Apache* as a CGI
 //! program (`testkit/src/bin/nextcloud-cgi.rs`), so `REMOTE_ADDR` is whatever Apache decided and
 //! `trusted_proxies` is empty (the CGI's `getRemoteAddress()` returns `REMOTE_ADDR`). The push

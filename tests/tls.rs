@@ -1,4 +1,4 @@
-//! wss:// through mod_ssl (issue #5): a real apache2 with mod_ssl serving a certificate made per
+//! wss:// through mod_ssl: a real apache2 with mod_ssl serving a certificate made per
 //! run, real TLS WebSocket clients (rustls, verifying against the per-run CA only). The Apache
 //! worker bridges the plaintext to the push daemon (`src/apache/bridge.rs`): login, events,
 //! pipelined frames, keepalive pings within Apache's `Timeout`, both ways of closing, under the

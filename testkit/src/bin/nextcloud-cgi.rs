@@ -1,5 +1,5 @@
 //! `nextcloud-cgi`: the notify_push app's routes as a CGI program, so a test's Nextcloud double
-//! runs *behind Apache* the way PHP does and sees the `REMOTE_ADDR` Apache decided (issue #4:
+//! runs *behind Apache* the way PHP does and sees the `REMOTE_ADDR` Apache decided (so
 //! the push daemon → Apache (vouching header) → CGI `REMOTE_ADDR` path is real).
 //!
 //! Mount it with mod_cgid/mod_cgi as `/index.php` (`ScriptAlias /index.php <path>` plus
