@@ -27,6 +27,7 @@ mod registry;
 mod selftest;
 mod session;
 mod storage;
+pub mod tls;
 pub mod upgrade;
 mod user;
 pub mod vouch;

@@ -285,6 +285,17 @@ where
         return;
     }
     let _ = tokio::time::timeout(wait, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    shutdown_stream(&mut ws).await;
+}
+
+/// Ends the stream itself after the closing handshake: on an adopted TLS session
+/// (`crate::tls::TlsStream`) this sends close_notify before the FIN, so the client sees a clean
+/// TLS close rather than a truncation (bounded).
+async fn shutdown_stream<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(LINGER, ws.get_mut().shutdown()).await;
 }
 
 /// State of one authenticated connection.
@@ -400,6 +411,7 @@ impl<'a> Connection<'a> {
                     while let Some(Ok(_)) = ws.next().await {}
                 }))
                 .await;
+                Box::pin(shutdown_stream(&mut ws)).await;
             }
             Flow::Continue => {}
         }

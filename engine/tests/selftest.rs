@@ -92,7 +92,7 @@ async fn token_gate_statuses_and_bodies() {
     assert_eq!(
         e.test_request("GET", "version", Some(TOKEN)).await,
         status(405, "HTTP method not allowed"),
-        "issue #161: /test/version is POST only"
+        "notify_push issue #161 (spec §5): /test/version is POST only"
     );
     assert_eq!(e.test_request("GET", "version", None).await.status, 405);
 }
