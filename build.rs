@@ -75,6 +75,9 @@ fn main() {
         };
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindings.write_to_file(out.join("bindings.rs")).unwrap_or_else(|e| fail(&e.to_string()));
+    // The TLS handoff calls into the system libssl, the very copy mod_ssl loaded into Apache:
+    // linked dynamically, never a second (vendored or static) OpenSSL.
+    println!("cargo:rustc-link-lib=dylib=ssl");
 }
 
 /// Every httpd/APR function the module calls; nothing else is generated.
@@ -120,6 +123,36 @@ const FUNCTIONS: &[&str] = &[
     "apr_table_unset",
     "apr_sockaddr_info_get",
     "apr_sockaddr_ip_get",
+    // The TLS session handoff (src/apache/tls.rs): mod_ssl's optional hooks, the tap filter
+    // below mod_ssl, and libssl.
+    "apr_optional_hook_add",
+    "ap_register_output_filter",
+    "ap_add_output_filter_handle",
+    "ap_pass_brigade",
+    "ap_hook_pre_connection",
+    "SSL_set_msg_callback",
+    "SSL_ctrl",
+    "SSL_(get|set)_ex_data",
+    "SSL_CTX_(get|set)_ex_data",
+    "CRYPTO_get_ex_new_index",
+    "SSL_CTX_(get|set)_keylog_callback",
+    "SSL_get_SSL_CTX",
+    "SSL_version",
+    "SSL_get_current_cipher",
+    "SSL_CIPHER_get_protocol_id",
+    "SSL_get_session",
+    "SSL_SESSION_get_master_key",
+    "SSL_SESSION_get_max_fragment_length",
+    "SSL_get_(client|server)_random",
+    "SSL_has_pending",
+    "SSL_rstate_string",
+    "SSL_in_init",
+    "SSL_get_key_update_type",
+    "SSL_get_shutdown",
+    "SSL_set_quiet_shutdown",
+    "SSL_get_current_compression",
+    "SSL_get0_alpn_selected",
+    "SSL_get_early_data_status",
 ];
 
 const TYPES: &[&str] = &[
@@ -138,6 +171,11 @@ const TYPES: &[&str] = &[
     "ap_conn_keepalive_e",
     "server_addr_rec",
     "ap_listen_rec",
+    "ap_filter_t",
+    "ap_filter_rec_t",
+    "ap_filter_type",
+    "SSL",
+    "SSL_CTX",
 ];
 
 const VARS: &[&str] = &[
@@ -163,6 +201,13 @@ const VARS: &[&str] = &[
     "ap_server_conf",
     "ap_listeners",
     "APR_IPV4_ADDR_OK",
+    "AP_FTYPE_CONNECTION",
+    "SSL3_RT_(HEADER|CHANGE_CIPHER_SPEC|HANDSHAKE|ALERT|APPLICATION_DATA|INNER_CONTENT_TYPE)",
+    "SSL_KEY_UPDATE_(NONE|NOT_REQUESTED|UPDATED)",
+    "TLS1_(2|3)_VERSION",
+    "SSL_CTRL_SET_MSG_CALLBACK_ARG",
+    "SSL_EARLY_DATA_ACCEPTED",
+    "CRYPTO_EX_INDEX_SSL(_CTX)?",
 ];
 
 fn httpd_include_dir() -> Result<PathBuf, String> {

@@ -39,10 +39,12 @@ pub enum Directive {
     Loopback,
     /// `NextcloudPushMetrics On|Off`: serve `<path>/metrics`.
     Metrics,
+    /// `NextcloudPushTlsHandoff On|Off`: move wss sessions' TLS state to the daemon.
+    TlsHandoff,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 13] = [
+    pub const ALL: [Directive; 14] = [
         Directive::AllowSelfSigned,
         Directive::Config,
         Directive::Database,
@@ -56,6 +58,7 @@ impl Directive {
         Directive::Redis,
         Directive::Socket,
         Directive::TablePrefix,
+        Directive::TlsHandoff,
     ];
 
     pub fn from_id(id: usize) -> Option<Directive> {
@@ -77,6 +80,7 @@ impl Directive {
             Directive::Socket => "NextcloudPushSocket",
             Directive::Loopback => "NextcloudPushLoopback",
             Directive::Metrics => "NextcloudPushMetrics",
+            Directive::TlsHandoff => "NextcloudPushTlsHandoff",
         }
     }
 
@@ -88,6 +92,7 @@ impl Directive {
                 | Directive::Debounce
                 | Directive::Loopback
                 | Directive::Metrics
+                | Directive::TlsHandoff
         )
     }
 
@@ -153,6 +158,8 @@ pub struct Directives {
     pub loopback: Option<bool>,
     /// `NextcloudPushMetrics` (default Off).
     pub metrics: Option<bool>,
+    /// `NextcloudPushTlsHandoff` (default On).
+    pub tls_handoff: Option<bool>,
 }
 
 impl Directives {
@@ -172,6 +179,7 @@ impl Directives {
             socket: base.socket.clone(),
             loopback: add.loopback.or(base.loopback),
             metrics: add.metrics.or(base.metrics),
+            tls_handoff: add.tls_handoff.or(base.tls_handoff),
         }
     }
 
@@ -193,6 +201,11 @@ impl Directives {
     /// `NextcloudPushMetrics`, default Off.
     pub fn metrics_enabled(&self) -> bool {
         self.metrics.unwrap_or(false)
+    }
+
+    /// `NextcloudPushTlsHandoff`, default On.
+    pub fn tls_handoff_enabled(&self) -> bool {
+        self.tls_handoff.unwrap_or(true)
     }
 
     pub fn overrides(&self) -> Overrides {
@@ -281,7 +294,8 @@ impl Directives {
             Directive::AllowSelfSigned
             | Directive::Debounce
             | Directive::Loopback
-            | Directive::Metrics => {
+            | Directive::Metrics
+            | Directive::TlsHandoff => {
                 return Err(err("takes On or Off"));
             }
         }
@@ -295,6 +309,7 @@ impl Directives {
             Directive::Debounce => self.debounce = Some(on),
             Directive::Loopback => self.loopback = Some(on),
             Directive::Metrics => self.metrics = Some(on),
+            Directive::TlsHandoff => self.tls_handoff = Some(on),
             _ => {
                 return Err(DirectiveError::Value {
                     directive: d,

@@ -142,13 +142,15 @@ async fn graceful_keeps_200_sessions_under_prefork() {
 }
 
 /// `apachectl restart` (SIGHUP: a hard restart stops every child at once): plain sessions live
-/// in the daemon, which is kept, so they stay open and keep receiving; wss sessions live in
-/// their children's bridges, so the parent has the daemon close them with 1001 first (the `R`
-/// stop notice; without it they end without a Close frame); new clients of both kinds connect.
+/// in the daemon, which is kept, so they stay open and keep receiving; bridged wss sessions
+/// (their TLS stays in Apache: `NextcloudPushTlsHandoff Off` here) live in their children's
+/// bridges, so the parent has the daemon close them with 1001 first (the `R` stop notice;
+/// without it they end without a Close frame); new clients of both kinds connect.
 async fn hard_restart(mpm: Mpm) -> Result<(), testkit::Skip> {
     let ca = TestCa::generate()?;
     let tls_port = testkit::free_port();
-    let mut stack = stack(mpm, |b| ca.tls_vhost(b, tls_port, &[])).await?;
+    let mut stack =
+        stack(mpm, |b| ca.tls_vhost(b, tls_port, &["NextcloudPushTlsHandoff Off"])).await?;
     let daemon = stack.apache.daemon_pid().expect("daemon");
     let mut clients = crowd(&stack.ws_url(), 8).await;
     let wss_url = testkit::tls::wss_url(tls_port);
@@ -180,6 +182,63 @@ async fn hard_restart(mpm: Mpm) -> Result<(), testkit::Skip> {
 async fn hard_restart_keeps_plain_sessions_and_closes_wss_ones() {
     for mpm in Mpm::ALL {
         require!(hard_restart(mpm).await);
+    }
+}
+
+/// wss sessions whose TLS session moved to the daemon live there like plain ones: they stay
+/// open and keep receiving through a hard restart, a graceful restart and SIGKILL of every
+/// Apache child, and get Close 1001 (then close_notify) when Apache stops.
+async fn handed_off_wss_outlives_apache_children(mpm: Mpm) -> Result<(), testkit::Skip> {
+    let ca = TestCa::generate()?;
+    let tls_port = testkit::free_port();
+    let mut stack = stack(mpm, |b| ca.tls_vhost(b, tls_port, &[])).await?;
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    let wss_url = testkit::tls::wss_url(tls_port);
+    let mut moved = Vec::new();
+    for u in ["u0", "u1", "u2"] {
+        moved.push((u, wss_login(&ca, &wss_url, u).await));
+    }
+    let what = mpm.name();
+    let handed = || count(&stack.apache.error_log(), "NCP0114: TLS session handed over");
+    assert_eq!(handed(), 3, "{what}: every wss session moved to the daemon");
+    all_receive(&stack, &mut moved, "before").await;
+    stack.apache.await_error_log("NCP0022", T).await;
+
+    stack.apache.ctl_restart("restart").await;
+    all_receive(&stack, &mut moved, "after_hard_restart").await;
+    stack.apache.graceful_restart().await;
+    all_receive(&stack, &mut moved, "after_graceful").await;
+    let parent = stack.apache.pid();
+    let children: Vec<u32> = apache::processes()
+        .iter()
+        .filter(|p| p.ppid == parent && p.pid != daemon && p.comm != "nextcloud-push")
+        .map(|p| p.pid)
+        .collect();
+    assert!(!children.is_empty(), "{what}: Apache has children");
+    for pid in &children {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    all_receive(&stack, &mut moved, "after_sigkill").await;
+    assert_eq!(stack.apache.daemon_pid(), Some(daemon), "{what}: the daemon was kept");
+
+    let out = stack.apache.ctl("stop");
+    assert!(out.status.success(), "apache2 -k stop: {}", String::from_utf8_lossy(&out.stderr));
+    for (_, c) in moved.iter_mut() {
+        let (_, ending) = c.expect_end(T).await;
+        assert_eq!(ending, Ending::CloseFrame(Some((1001, String::new()))), "{what}");
+    }
+    let status = stack.apache.await_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|s| s.success()), "{what}: apache2 exit {status:?}");
+    // The children killed above, as the parent reports them.
+    stack.apache.allow("exit signal Killed");
+    stack.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_off_wss_sessions_outlive_restarts_and_killed_children() {
+    for mpm in Mpm::ALL {
+        require!(handed_off_wss_outlives_apache_children(mpm).await);
     }
 }
 

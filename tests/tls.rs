@@ -13,6 +13,9 @@ use testkit::apache::{Mode, Mpm};
 use testkit::require;
 use testkit::tls::{wss_url, TestCa};
 
+/// Keeps wss sessions' TLS in Apache, so a worker bridges each (the fallback path).
+const BRIDGED: &str = "NextcloudPushTlsHandoff Off";
+
 async fn tls_stack(
     mpm: Mpm,
     configure: impl FnOnce(testkit::apache::ApacheBuilder) -> testkit::apache::ApacheBuilder,
@@ -35,9 +38,10 @@ async fn wss_login(ca: &TestCa, stack: &Stack, (user, password): (&str, &str)) -
 }
 
 /// Login ok and refused, pipelined login frames in the TLS record of the handshake, events to
-/// the right user, a client close that ends the bridge, the access-log line.
-async fn wss_scenario(mpm: Mpm) -> Result<(), testkit::Skip> {
-    let (ca, stack) = tls_stack(mpm, |b| b).await?;
+/// the right user, a client close that ends the session, the access-log line: with the TLS
+/// session handed to the daemon, or bridged by a worker.
+async fn wss_scenario(mpm: Mpm, handoff: bool) -> Result<(), testkit::Skip> {
+    let (ca, stack) = tls_stack(mpm, |b| if handoff { b } else { b.vhost_line(BRIDGED) }).await?;
     let what = format!("{} MPM", mpm.name());
 
     let mut alice = wss_login(&ca, &stack, ALICE).await;
@@ -64,12 +68,21 @@ async fn wss_scenario(mpm: Mpm) -> Result<(), testkit::Skip> {
     stack.roundtrip(&mut bob, "bob", "only_bob").await;
     stack.roundtrip(&mut alice, "alice", "again_alice").await;
 
-    // A client Close: the daemon echoes it through the bridge, closes its stream, the bridge
-    // ends and the worker is free again.
     alice.close().await;
-    stack.apache.await_error_log("NCP0035", T).await;
-    // The daemon took these as bridged sessions, and the upgrade was logged as a 101.
-    stack.apache.await_error_log("NCP0108", T).await;
+    if handoff {
+        // Every session (alice, bob, the refused login, the pipelined one) moved to the daemon;
+        // the frames pipelined with the handshake came along as decrypted bytes.
+        let log = stack.apache.error_log();
+        assert_eq!(log.matches("NCP0114: TLS session handed over").count(), 4, "{what}: {log}");
+        assert!(!log.contains("NCP0108"), "{what}: nothing was bridged");
+    } else {
+        // A client Close: the daemon echoes it through the bridge, closes its stream, the
+        // bridge ends and the worker is free again.
+        stack.apache.await_error_log("NCP0035", T).await;
+        // The daemon took these as bridged sessions.
+        stack.apache.await_error_log("NCP0108", T).await;
+    }
+    // The upgrade was logged as a 101.
     stack.apache.await_access_log("GET /push/ws HTTP/1.1 101", T).await;
     stack.roundtrip(&mut bob, "bob", "bob_still_here").await;
     stack.finish();
@@ -78,17 +91,32 @@ async fn wss_scenario(mpm: Mpm) -> Result<(), testkit::Skip> {
 
 #[tokio::test]
 async fn wss_through_mod_ssl_under_event() {
-    require!(wss_scenario(Mpm::Event).await);
+    require!(wss_scenario(Mpm::Event, false).await);
 }
 
 #[tokio::test]
 async fn wss_through_mod_ssl_under_worker() {
-    require!(wss_scenario(Mpm::Worker).await);
+    require!(wss_scenario(Mpm::Worker, false).await);
 }
 
 #[tokio::test]
 async fn wss_through_mod_ssl_under_prefork() {
-    require!(wss_scenario(Mpm::Prefork).await);
+    require!(wss_scenario(Mpm::Prefork, false).await);
+}
+
+#[tokio::test]
+async fn wss_handed_off_under_event() {
+    require!(wss_scenario(Mpm::Event, true).await);
+}
+
+#[tokio::test]
+async fn wss_handed_off_under_worker() {
+    require!(wss_scenario(Mpm::Worker, true).await);
+}
+
+#[tokio::test]
+async fn wss_handed_off_under_prefork() {
+    require!(wss_scenario(Mpm::Prefork, true).await);
 }
 
 /// Apache's `Timeout` bounds the silence on a bridged connection; the daemon pings bridged
@@ -96,7 +124,8 @@ async fn wss_through_mod_ssl_under_prefork() {
 /// gets events.
 #[tokio::test]
 async fn idle_wss_session_outlives_apache_timeout() {
-    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b.server_line("Timeout 2")).await);
+    let (ca, stack) =
+        require!(tls_stack(Mpm::Event, |b| b.server_line("Timeout 2").vhost_line(BRIDGED)).await);
     let mut alice = wss_login(&ca, &stack, ALICE).await;
     // An observation window of 3 Timeouts: no text, and the connection must stay up.
     alice.expect_no_text(Duration::from_secs(6)).await;
@@ -113,7 +142,7 @@ async fn idle_wss_session_outlives_apache_timeout() {
 /// client's stream, half-closes towards the daemon, the session ends and the worker is freed.
 #[tokio::test]
 async fn vanished_wss_client_frees_the_worker() {
-    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b).await);
+    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b.vhost_line(BRIDGED)).await);
     let alice = wss_login(&ca, &stack, ALICE).await;
     drop(alice);
     stack.apache.await_error_log("NCP0035", T).await;
@@ -162,7 +191,7 @@ async fn bridged_session_cost() {
             Stack::start(Mode::Foreground, |b| ca.tls_vhost(
                 b.mpm(mpm),
                 tls_port,
-                &["NextcloudPushDebounce Off"]
+                &["NextcloudPushDebounce Off", BRIDGED]
             ))
             .await
         );
@@ -223,18 +252,20 @@ async fn bridged_session_cost() {
     }
 }
 
-/// `apachectl stop` and `graceful-stop` with wss sessions open: the parent's stop handler
-/// notifies the daemon first (`stop_notice`), the daemon sends Close 1001 to every session
-/// through the bridges that still run in the children, and only then does the MPM stop the
-/// children. Every wss client gets its 1001, the daemon exits and nothing is left. Without the
+/// `apachectl stop` and `graceful-stop` with wss sessions open, handed off or bridged: the
+/// parent's stop handler notifies the daemon first (`stop_notice`), the daemon sends Close 1001
+/// to every session (its own TLS records, then close_notify, for handed-off ones; through the
+/// bridges that still run in the children for bridged ones), and only then does the MPM stop
+/// the children. Every wss client gets its 1001, the daemon exits and nothing is left. Without the
 /// notice a hard stop ends the TLS connections without a Close frame (the MPM closes busy
 /// workers' sockets before any module code runs in the child), and a graceful-stop leaves the
 /// event/worker children waiting for their bridges until the parent SIGKILLs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_with_wss_sessions_closes_them_with_1001() {
-    for mpm in Mpm::ALL {
+    for (mpm, handoff) in Mpm::ALL.into_iter().flat_map(|m| [(m, true), (m, false)]) {
         for verb in ["stop", "graceful-stop"] {
-            let (ca, mut stack) = require!(tls_stack(mpm, |b| b).await);
+            let (ca, mut stack) =
+                require!(tls_stack(mpm, |b| if handoff { b } else { b.vhost_line(BRIDGED) }).await);
             let mut clients = Vec::new();
             for user in [ALICE, BOB, ALICE] {
                 clients.push(wss_login(&ca, &stack, user).await);
@@ -258,7 +289,7 @@ async fn stop_with_wss_sessions_closes_them_with_1001() {
                 assert_eq!(
                     ending,
                     Ending::CloseFrame(Some((1001, String::new()))),
-                    "{} -k {verb}",
+                    "{} -k {verb}, handoff {handoff}",
                     mpm.name()
                 );
             }
@@ -280,7 +311,8 @@ async fn stop_with_wss_sessions_closes_them_with_1001() {
 /// other sessions are never held up meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wss_client_that_stops_reading_only_costs_its_own_worker() {
-    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b.server_line("Timeout 2")).await);
+    let (ca, stack) =
+        require!(tls_stack(Mpm::Event, |b| b.server_line("Timeout 2").vhost_line(BRIDGED)).await);
     let mut request = upgrade_request(stack.apache.port(), "").into_bytes();
     request.extend(masked_text_frame(ALICE.0));
     request.extend(masked_text_frame(ALICE.1));
@@ -307,5 +339,259 @@ async fn a_wss_client_that_stops_reading_only_costs_its_own_worker() {
     assert!(line.contains("write failed") || line.contains("read failed"), "{line}");
     stack.roundtrip(&mut bob, "bob", "bob_still_fine").await;
     drop(stalled);
+    stack.finish();
+}
+
+/// `GET <path>` over HTTPS (trusting the test CA only); the whole response.
+async fn https_get(
+    ca: &TestCa,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let exchange = async {
+        let tcp =
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        // A peer that closes without close_notify is fine for this purpose.
+        let _ = tls.read_to_end(&mut response).await;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer to GET {path} within {timeout:?}"))?
+}
+
+/// mod_status's `BusyWorkers` (which counts the status request itself).
+fn busy_workers(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("BusyWorkers: ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// mod_status at `/server-status` (local clients only).
+fn with_status(b: testkit::apache::ApacheBuilder) -> testkit::apache::ApacheBuilder {
+    b.server_line(format!(
+        "LoadModule status_module {}/mod_status.so",
+        testkit::apache::MODULES_DIR
+    ))
+    .server_line("ExtendedStatus On")
+    .server_line("<Location /server-status>\n    SetHandler server-status\n</Location>")
+}
+
+/// Debian's defaults (event MPM, `MaxRequestWorkers 150`) with mod_ssl: 1000 wss clients
+/// connect and log in, none of them holds a worker (their TLS sessions moved to the daemon),
+/// `server-status` answers within 3 s while they idle with at most 2 busy workers, and every
+/// client receives its user's broadcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_wss_clients_hold_no_worker_at_debian_defaults() {
+    const CLIENTS: usize = 1000;
+    const USERS: usize = 100;
+    const CONCURRENCY: usize = 50;
+    let (soft, hard) = rlimit::increase_nofile_limit(16384).map(|s| (s, s)).unwrap_or((0, 0));
+    assert!(soft >= 4096 && hard >= 4096, "RLIMIT_NOFILE could only be raised to {soft}");
+    let (ca, mut stack) = require!(
+        tls_stack(Mpm::Event, |b| with_status(
+            b.start_servers(2)
+                .threads_per_child(25)
+                .max_request_workers(150)
+                .mpm_knob("MinSpareThreads", 25)
+                .mpm_knob("MaxSpareThreads", 75)
+        ))
+        .await
+    );
+    let user = |i: usize| (format!("user{i:03}"), format!("password-{i:03}"));
+    for i in 0..USERS {
+        let (name, password) = user(i);
+        stack.nextcloud.add_user(&name, &password, &name);
+    }
+    stack.apache.allow("AH00484"); // a burst of upgrades may briefly use every worker
+    stack.apache.allow("AH10159");
+    let port = stack.apache.port();
+    let url = wss_url(port);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let ca = std::sync::Arc::new(ca);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..CLIENTS {
+        let (gate, url, ca) = (gate.clone(), url.clone(), ca.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let (name, password) = user(n % USERS);
+            let ws =
+                ca.connect(&url, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+            let mut c = Client::from_ws(ws);
+            c.send_login(&name, &password).await;
+            c.expect_text(AUTHENTICATED, Duration::from_secs(30)).await;
+            (n, c)
+        });
+    }
+    let mut clients = Vec::with_capacity(CLIENTS);
+    let phase = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(joined) = tasks.join_next().await {
+            clients.push(joined.expect("a wss client failed to log in"));
+        }
+    })
+    .await;
+    assert!(phase.is_ok(), "only {} of {CLIENTS} wss clients logged in", clients.len());
+    let handed = stack.apache.error_log().matches("NCP0114: TLS session handed over").count();
+    assert_eq!(handed, CLIENTS, "every wss session moved to the daemon");
+
+    // The site answers while they idle, and nearly every worker is free.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let status = https_get(&ca, port, "/server-status?auto", Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|e| panic!("server-status while 1000 wss clients idle: {e}"));
+    let busy = busy_workers(&status).unwrap_or_else(|| panic!("no BusyWorkers in {status}"));
+    assert!(busy <= 2, "{busy} busy workers with {CLIENTS} idle wss clients:\n{status}");
+    eprintln!(
+        "FIGURES {CLIENTS} wss clients at MaxRequestWorkers 150: server-status in {:?}, \
+         BusyWorkers {busy}",
+        started.elapsed()
+    );
+
+    for i in 0..USERS {
+        let (name, _) = user(i);
+        stack
+            .publish("notify_custom", &format!(r#"{{"user":"{name}","message":"b_{name}"}}"#))
+            .await;
+    }
+    let mut receivers = tokio::task::JoinSet::new();
+    for (n, mut c) in clients {
+        receivers.spawn(async move {
+            let (name, _) = user(n % USERS);
+            c.expect_text(&format!("b_{name}"), Duration::from_secs(60)).await;
+            c
+        });
+    }
+    let mut delivered = Vec::with_capacity(CLIENTS);
+    while let Some(joined) = receivers.join_next().await {
+        delivered.push(joined.expect("a wss client missed its broadcast"));
+    }
+    assert_eq!(delivered.len(), CLIENTS);
+    for c in delivered {
+        c.close().await;
+    }
+    stack.finish();
+}
+
+/// A wss client that offers exactly one TLS version and cipher suite (trusting the test CA).
+async fn wss_with_suite(
+    ca: &TestCa,
+    port: u16,
+    version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
+    suite: tokio_rustls::rustls::CipherSuite,
+) -> Client {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    #[allow(deprecated)] // the provider testkit uses too
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|s| s.suite() == suite);
+    assert_eq!(provider.cipher_suites.len(), 1, "rustls offers {suite:?}");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&ca.ca_cert).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .expect("version")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config));
+    let (ws, _) = tokio::time::timeout(
+        T,
+        tokio_tungstenite::connect_async_tls_with_config(
+            wss_url(port),
+            None,
+            true,
+            Some(connector),
+        ),
+    )
+    .await
+    .expect("wss handshake in time")
+    .unwrap_or_else(|e| panic!("{suite:?}: {e}"));
+    Client::from_ws(ws)
+}
+
+/// Asks the TLS peer for new keys (`KeyUpdate(update_requested)`, rustls); the next frame the
+/// client writes carries the request.
+fn request_key_update(client: &mut Client) {
+    match client.ws_mut().get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => {
+            tls.get_mut().1.refresh_traffic_keys().expect("KeyUpdate");
+        }
+        _ => panic!("not a rustls stream"),
+    }
+}
+
+/// Every version and suite whose record layer the daemon continues: TLS 1.3's three and TLS
+/// 1.2 ECDHE-ECDSA with AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305 (the test certificate is
+/// EC). Each session moves to the daemon (the log names its suite), logs in and gets events; on
+/// TLS 1.3 the client then asks for new keys three times, and the daemon follows (it reads the
+/// client's next records and answers with its own KeyUpdate before its next record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_eligible_suite_is_handed_off_and_follows_key_updates() {
+    use tokio_rustls::rustls::{version, CipherSuite as S};
+    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b).await);
+    let suites = [
+        (&version::TLS13, S::TLS13_AES_128_GCM_SHA256, 0x1301),
+        (&version::TLS13, S::TLS13_AES_256_GCM_SHA384, 0x1302),
+        (&version::TLS13, S::TLS13_CHACHA20_POLY1305_SHA256, 0x1303),
+        (&version::TLS12, S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, 0xC02B),
+        (&version::TLS12, S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, 0xC02C),
+        (&version::TLS12, S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, 0xCCA9),
+    ];
+    for (n, (version, suite, id)) in suites.into_iter().enumerate() {
+        let mut c = wss_with_suite(&ca, stack.apache.port(), version, suite).await;
+        c.send_login(ALICE.0, ALICE.1).await;
+        c.expect_text(AUTHENTICATED, T).await;
+        let line = stack.apache.await_error_log(&format!("suite {id:#06x}"), T).await;
+        assert!(line.contains("NCP0114"), "{suite:?}: {line}");
+        stack.roundtrip(&mut c, "alice", &format!("suite_{n}")).await;
+        if version.version == tokio_rustls::rustls::ProtocolVersion::TLSv1_3 {
+            for round in 0..3 {
+                request_key_update(&mut c);
+                c.send_text("listen notify_file_id").await;
+                stack.roundtrip(&mut c, "alice", &format!("suite_{n}_rekeyed_{round}")).await;
+            }
+        }
+        c.close().await;
+    }
+    let log = stack.apache.error_log();
+    assert_eq!(log.matches("NCP0114").count(), suites.len(), "{log}");
+    assert!(!log.contains("NCP0108"), "nothing was bridged");
+    stack.finish();
+}
+
+/// One handed-off session carries 10,000 messages in order, then messages larger than a TLS
+/// record (split over several records by the daemon), then still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_off_session_carries_10000_messages_in_order_and_large_ones() {
+    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b).await);
+    let mut alice = wss_login(&ca, &stack, ALICE).await;
+    stack.apache.await_error_log("NCP0114", T).await;
+    for i in 0..10_000 {
+        stack.publish("notify_custom", &format!(r#"{{"user":"alice","message":"m{i}"}}"#)).await;
+    }
+    for i in 0..10_000 {
+        alice.expect_text(&format!("m{i}"), T).await;
+    }
+    let body = "y".repeat(40_000);
+    for i in 0..3 {
+        stack
+            .publish(
+                "notify_custom",
+                &format!(r#"{{"user":"alice","message":"big{i}","body":"{body}"}}"#),
+            )
+            .await;
+        let text = alice.next_text(T).await.unwrap_or_else(|e| panic!("big{i}: {e}"));
+        assert!(text.starts_with(&format!("big{i} ")), "{}", &text[..40]);
+        assert!(text.len() > 40_000, "{} bytes", text.len());
+    }
+    stack.roundtrip(&mut alice, "alice", "after_the_big_ones").await;
+    alice.close().await;
     stack.finish();
 }

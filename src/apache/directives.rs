@@ -13,7 +13,7 @@ use std::ptr;
 /// The table httpd reads when the module is added, before `register_hooks`: it must be a
 /// static. `command_rec` holds raw pointers, hence the `Sync` wrapper.
 #[repr(transparent)]
-pub struct Commands(pub [ffi::command_rec; 14]);
+pub struct Commands(pub [ffi::command_rec; 15]);
 
 // SAFETY: the table is immutable and only holds pointers to static strings and functions.
 unsafe impl Sync for Commands {}
@@ -100,6 +100,11 @@ pub static COMMANDS: Commands = Commands([
         Directive::TablePrefix,
         c"NextcloudPushTablePrefix",
         c"Nextcloud database table prefix, overriding config.php's dbtableprefix (default oc_)",
+    ),
+    entry(
+        Directive::TlsHandoff,
+        c"NextcloudPushTlsHandoff",
+        c"Off to keep wss sessions' TLS in Apache (a worker relays each); On moves the TLS session to the push daemon (default On)",
     ),
     ffi::command_rec {
         name: ptr::null(),

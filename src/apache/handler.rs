@@ -4,12 +4,12 @@
 //! base path.
 
 use super::log::{log_at, Severity};
-use super::request::Request;
-use super::{bridge, ffi, server_config};
+use super::request::{self, Request};
+use super::{bridge, ffi, server_config, tls};
 use crate::config::ServerConfig;
 use crate::error::ClientError;
 use crate::wire::control::{self, ControlRequest};
-use crate::wire::handoff::{self, Hello};
+use crate::wire::handoff::{self, Hello, TlsOffer, Verdict};
 use nextcloud_push_engine::upgrade::{self, Route, UpgradeRequest};
 use std::ffi::{c_int, CStr};
 use std::net::IpAddr;
@@ -148,10 +148,16 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
     let key = facts.key.unwrap_or_default();
     let Some((engine, socket)) = daemon_route(req, conf) else { return unavailable(req) };
     let config = conf.runtime.engine_fingerprint.clone();
-    // TLS (mod_ssl): this worker will relay the plaintext (see `bridge`), so the daemon treats
-    // the Unix stream itself as the WebSocket and pings within Apache's Timeout.
-    let hello =
-        if tls { Hello::bridged(engine, config, timeout) } else { Hello::new(engine, config) };
+    // TLS (mod_ssl): the session moves to the daemon with the socket when it can (see `tls`);
+    // otherwise this worker relays the plaintext (see `bridge`), so the daemon treats the Unix
+    // stream itself as the WebSocket and pings within Apache's Timeout.
+    let eligible =
+        if tls && conf.directives.tls_handoff_enabled() { tls_eligible(req) } else { None };
+    let hello = if tls {
+        Hello { tls_offer: eligible.is_some(), ..Hello::bridged(engine, config, timeout) }
+    } else {
+        Hello::new(engine, config)
+    };
 
     // Ask the daemon before anything is sent: a refusal can still be a clean 503.
     let accepted = match handoff::ask_daemon(socket, &hello, handoff::ASK_TIMEOUT) {
@@ -166,6 +172,10 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
         }
     };
 
+    if let Some(e) = &eligible {
+        // SAFETY: the live connection this eligibility was checked on.
+        unsafe { tls::add_tap(req.connection(), e) };
+    }
     let origin = req.header_in(c"Origin");
     // core_upgrade_handler may have put `Upgrade: h2c` here on a connection's first request.
     req.clear_headers_out();
@@ -192,7 +202,7 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
         Err(e) => return handoff_failed(req, e),
     };
     if tls {
-        return bridged(req, accepted, chain, &early, timeout);
+        return bridged(req, accepted, chain, early, timeout, eligible);
     }
     let Some(fd) = req.client_fd() else { return handoff_failed(req, ClientError::NoSocket) };
     if let Err(e) = accepted.hand_off(fd, chain, &early) {
@@ -214,26 +224,46 @@ fn handoff_failed(req: &mut Request<'_>, e: impl std::fmt::Display) -> c_int {
     DONE
 }
 
-/// TLS: after the 101, this worker relays the WebSocket's plaintext between mod_ssl and the
-/// daemon until the session ends; then Apache closes the connection as usual (close_notify).
+/// Whether this connection's TLS session could move to the daemon (NCP0036 says why not).
+fn tls_eligible(req: &mut Request<'_>) -> Option<tls::Eligible> {
+    // SAFETY: the live connection of this handler call.
+    match unsafe { tls::eligible(req.connection()) } {
+        Ok(e) => Some(e),
+        Err(why) => {
+            ::log::debug!(target: "nextcloud_push::apache", "NCP0036: the TLS session stays with this worker (bridged): {why}");
+            None
+        }
+    }
+}
+
+/// TLS: after the 101, the session moves to the daemon if it can and the daemon adopts it;
+/// otherwise this worker relays the WebSocket's plaintext between mod_ssl and the daemon until
+/// the session ends, and then Apache closes the connection as usual (close_notify).
 fn bridged(
     req: &mut Request<'_>,
     accepted: handoff::Accepted,
     chain: Vec<IpAddr>,
-    early: &[u8],
+    mut early: Vec<u8>,
     timeout: std::time::Duration,
+    eligible: Option<tls::Eligible>,
 ) -> c_int {
-    let stream = match accepted.bridge(chain, early) {
+    let r = req.raw();
+    // SAFETY: the live request of this handler call, after the 101, on its own thread.
+    unsafe { bridge::prepare(r) };
+    let accepted = match eligible {
+        None => accepted,
+        Some(e) => match offer(req, accepted, &chain, &mut early, &e) {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return DONE,
+            Err(e) => return handoff_failed(req, e),
+        },
+    };
+    let stream = match accepted.bridge(chain, &early) {
         Ok(stream) => stream,
         Err(e) => return handoff_failed(req, e),
     };
-    let r = req.raw();
-    // SAFETY: the live request of this handler call, after the 101, on its own thread; the
-    // bridge ends before we return.
-    let end = unsafe {
-        bridge::prepare(r);
-        bridge::run(r, &stream, timeout)
-    };
+    // SAFETY: as above; the bridge ends before we return.
+    let end = unsafe { bridge::run(r, &stream, timeout) };
     drop(stream);
     ::log::debug!(target: "nextcloud_push::apache", "NCP0035: bridged (TLS) WebSocket ended: {end}");
     if matches!(end, bridge::End::Client(_) | bridge::End::Stopping) {
@@ -241,6 +271,68 @@ fn bridged(
         req.abandon_connection();
     }
     DONE
+}
+
+/// Offers the TLS session to the daemon once nothing of the client's is half-read. `Ok(None)`:
+/// adopted, the connection is the daemon's (this worker lets go without writing a byte);
+/// `Ok(Some)`: refused or not offered, bridge on with `early` (which holds everything drained).
+fn offer(
+    req: &mut Request<'_>,
+    accepted: handoff::Accepted,
+    chain: &[IpAddr],
+    early: &mut Vec<u8>,
+    e: &tls::Eligible,
+) -> Result<Option<handoff::Accepted>, String> {
+    let r = req.raw();
+    // SAFETY: the live request of this handler call (the closure runs inside hand_over, on
+    // this thread).
+    let mut drain = |room: usize| unsafe { request::drain(r, room) };
+    // SAFETY: the live request, after the 101 and bridge::prepare.
+    let handover = unsafe { tls::hand_over(r, e, early, &mut drain) };
+    let mut offer = TlsOffer {
+        forwarded_for: chain.to_vec(),
+        session: None,
+        plaintext_len: 0,
+        ciphertext_len: 0,
+        last_record_len: 0,
+    };
+    let mut trailing = Vec::new();
+    let mut read_below = false;
+    match handover {
+        Ok(h) => {
+            read_below = !h.ciphertext.is_empty();
+            offer.plaintext_len = early.len() as u32;
+            offer.ciphertext_len = h.ciphertext.len() as u32;
+            offer.last_record_len = h.last_record.len() as u32;
+            trailing.extend_from_slice(early);
+            trailing.extend_from_slice(&h.ciphertext);
+            trailing.extend_from_slice(&h.last_record);
+            offer.session = Some(h.session);
+        }
+        Err(why) => {
+            ::log::debug!(target: "nextcloud_push::apache", "NCP0036: the TLS session stays with this worker (bridged): {why}");
+        }
+    }
+    let fd = if offer.session.is_some() { req.client_fd() } else { None };
+    if offer.session.is_some() && fd.is_none() {
+        offer.session = None;
+        trailing.clear();
+        (offer.plaintext_len, offer.ciphertext_len, offer.last_record_len) = (0, 0, 0);
+    }
+    match accepted.offer_tls(fd, &offer, &trailing).map_err(|e| e.to_string())? {
+        Verdict::Adopted => {
+            // SAFETY: the SSL of this live connection.
+            unsafe { tls::let_go(e) };
+            req.abandon_connection();
+            ::log::debug!(target: "nextcloud_push::apache", "NCP0037: the TLS session moved to the push daemon");
+            Ok(None)
+        }
+        // Ciphertext read from below mod_ssl is gone from Apache's input: a bridge would miss it.
+        Verdict::Refused(_) if read_below => {
+            Err("the daemon refused a TLS session after its pending records were read".into())
+        }
+        Verdict::Refused(accepted) => Ok(Some(accepted)),
+    }
 }
 
 fn unavailable(req: &mut Request<'_>) -> c_int {

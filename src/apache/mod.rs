@@ -11,7 +11,9 @@
 //! - [`process`]: what the forked daemon does before it runs safe code (fork hygiene);
 //! - [`stop_notice`]: the parent's stop signals, passed on to the daemon before the children stop;
 //! - [`handler`] and [`request`]: claiming `<base>/…` and the WebSocket upgrade + handoff;
-//! - [`bridge`]: the worker-held plaintext relay for WebSockets over TLS (mod_ssl);
+//! - [`tls`]: the TLS session handoff (mod_ssl's optional hooks, record counting, the tap filter
+//!   below mod_ssl, the quiescent point);
+//! - [`bridge`]: the worker-held plaintext relay for WebSockets over TLS that cannot move;
 //! - [`vouch`]: the client-IP vouching hook (`post_read_request`) and the vhost's own address;
 //! - [`log`]: the `log` backend (`ap_log_error_` in Apache, stderr lines in the daemon);
 //! - [`ffi`] and [`pool`]: the bindgen bindings and APR pool helpers.
@@ -37,6 +39,7 @@ pub mod request;
 pub mod retained;
 pub mod server_config;
 pub mod stop_notice;
+pub mod tls;
 pub mod vouch;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -151,6 +151,9 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
                 ptr::null(),
                 ffi::APR_HOOK_MIDDLE as c_int,
             );
+            // mod_ssl's optional hooks (every push vhost's SSL_CTX, every new SSL) and the
+            // output filter below mod_ssl: the TLS session handoff (`tls`).
+            super::tls::register();
         }
     });
 }

@@ -29,6 +29,11 @@ impl<'r> Request<'r> {
         self.r.server
     }
 
+    /// The connection, for glue that works on it directly.
+    pub fn connection(&self) -> *mut ffi::conn_rec {
+        self.r.connection
+    }
+
     fn conn(&self) -> &ffi::conn_rec {
         // SAFETY: every request has its live connection.
         unsafe { &*self.r.connection }
@@ -157,45 +162,8 @@ impl<'r> Request<'r> {
     /// request head (and whatever the socket has right now), up to `limit` bytes. An error on
     /// a read failure or if the client sent more than `limit`.
     pub fn drain_input(&mut self, limit: usize) -> Result<Vec<u8>, ClientError> {
-        let mut out = Vec::new();
-        let c = self.r.connection;
-        // SAFETY: live connection and request pool; the brigade is emptied before each read
-        // and flattened into an owned buffer; bucket memory is released by cleanup.
-        unsafe {
-            let bb = ffi::apr_brigade_create(self.r.pool, (*c).bucket_alloc);
-            loop {
-                let rv = ffi::ap_get_brigade(
-                    (*c).input_filters,
-                    bb,
-                    ffi::AP_MODE_READBYTES,
-                    ffi::APR_NONBLOCK_READ,
-                    8192,
-                );
-                if rv != 0 {
-                    ffi::apr_brigade_cleanup(bb as *mut _);
-                    if rv == ffi::APR_EAGAIN as i32 || rv == ffi::APR_EOF as i32 {
-                        break;
-                    }
-                    return Err(ClientError::Drain(rv));
-                }
-                let mut len: ffi::apr_off_t = 0;
-                let rv = ffi::apr_brigade_length(bb, 1, &mut len);
-                if rv != 0 || len <= 0 {
-                    ffi::apr_brigade_cleanup(bb as *mut _);
-                    break;
-                }
-                let start = out.len();
-                out.resize(start + len as usize, 0);
-                let mut got = len as ffi::apr_size_t;
-                ffi::apr_brigade_flatten(bb, out[start..].as_mut_ptr() as *mut _, &mut got);
-                out.truncate(start + got);
-                ffi::apr_brigade_cleanup(bb as *mut _);
-                if out.len() > limit {
-                    return Err(ClientError::TooMuch(limit));
-                }
-            }
-        }
-        Ok(out)
+        // SAFETY: this live request, on its thread.
+        unsafe { drain(self.r, limit) }
     }
 
     /// The client socket's descriptor, borrowed for as long as the connection lives.
@@ -211,4 +179,52 @@ impl<'r> Request<'r> {
             Some(BorrowedFd::borrow_raw(fd))
         }
     }
+}
+
+/// [`Request::drain_input`] on a raw request (for callers that hold no [`Request`]).
+///
+/// # Safety
+/// `r` must be the live request of the current handler call, on its thread.
+pub unsafe fn drain(r: *mut ffi::request_rec, limit: usize) -> Result<Vec<u8>, ClientError> {
+    // SAFETY: per contract.
+    let r = unsafe { &*r };
+    let mut out = Vec::new();
+    let c = r.connection;
+    // SAFETY: live connection and request pool; the brigade is emptied before each read
+    // and flattened into an owned buffer; bucket memory is released by cleanup.
+    unsafe {
+        let bb = ffi::apr_brigade_create(r.pool, (*c).bucket_alloc);
+        loop {
+            let rv = ffi::ap_get_brigade(
+                (*c).input_filters,
+                bb,
+                ffi::AP_MODE_READBYTES,
+                ffi::APR_NONBLOCK_READ,
+                8192,
+            );
+            if rv != 0 {
+                ffi::apr_brigade_cleanup(bb as *mut _);
+                if rv == ffi::APR_EAGAIN as i32 || rv == ffi::APR_EOF as i32 {
+                    break;
+                }
+                return Err(ClientError::Drain(rv));
+            }
+            let mut len: ffi::apr_off_t = 0;
+            let rv = ffi::apr_brigade_length(bb, 1, &mut len);
+            if rv != 0 || len <= 0 {
+                ffi::apr_brigade_cleanup(bb as *mut _);
+                break;
+            }
+            let start = out.len();
+            out.resize(start + len as usize, 0);
+            let mut got = len as ffi::apr_size_t;
+            ffi::apr_brigade_flatten(bb, out[start..].as_mut_ptr() as *mut _, &mut got);
+            out.truncate(start + got);
+            ffi::apr_brigade_cleanup(bb as *mut _);
+            if out.len() > limit {
+                return Err(ClientError::TooMuch(limit));
+            }
+        }
+    }
+    Ok(out)
 }

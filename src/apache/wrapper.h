@@ -19,3 +19,6 @@
 #include <apr_strings.h>
 #include <apr_tables.h>
 #include <apr_thread_proc.h>
+#include <apr_optional_hooks.h>
+/* The system libssl, the copy mod_ssl uses (linked dynamically, see build.rs). */
+#include <openssl/ssl.h>

@@ -6,8 +6,9 @@ use super::stream::{Counted, LiveSlot};
 use super::State;
 use crate::error::Refusal;
 use crate::sys;
-use crate::wire::handoff::{self, HandoffAssembler, HandoffHeader, Hello};
+use crate::wire::handoff::{self, Announces, Assembler, HandoffHeader, Hello, TlsOffer};
 use crate::wire::{self, Opening, WireError, PROTOCOL};
+use nextcloud_push_engine::tls::{self, TlsState, TlsStream};
 use nextcloud_push_engine::{Engine, Handoff};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -42,13 +43,17 @@ pub async fn handle(mut stream: UnixStream, state: &State) -> Result<(), WireErr
     // Count the client socket from now on, so concurrent admissions see it.
     let slot = LiveSlot::new(state.live.clone());
     stream.write_all(&[handoff::ACCEPTED]).await?;
+    if hello.bridged && hello.tls_offer {
+        return serve_tls_offer(stream, engine, slot, &hello, state).await;
+    }
     if hello.bridged {
         return serve_bridged(stream, engine, slot, &hello, state).await;
     }
     let (header, early, fd) =
-        tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive_handoff(&stream))
+        tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive::<HandoffHeader>(&stream))
             .await
             .map_err(|_| WireError::Timeout(handoff::HANDOFF_TIMEOUT))??;
+    let fd = fd.ok_or_else(|| WireError::Protocol("handoff without a client socket".into()))?;
     drop(stream);
     let tcp = std::net::TcpStream::from(fd);
     tcp.set_nonblocking(true)?;
@@ -123,12 +128,87 @@ async fn serve_bridged(
     Ok(())
 }
 
-/// Step 3 of the handoff: the header, the early bytes and the client socket, from whatever
-/// chunks `recvmsg` returns.
-async fn receive_handoff(
+/// Bridged mode with a TLS offer: the child offers the live TLS session (with the socket); the
+/// daemon adopts it once the last record Apache wrote opens under the handed-over write key at
+/// `write_seq - 1` (so no record is ever sent under a reused nonce), or refuses, and the
+/// connection goes on as a bridge.
+async fn serve_tls_offer(
+    mut stream: UnixStream,
+    engine: &Arc<Engine>,
+    slot: LiveSlot,
+    hello: &Hello,
+    state: &State,
+) -> Result<(), WireError> {
+    let (offer, trailing, fd) =
+        tokio::time::timeout(handoff::HANDOFF_TIMEOUT, receive::<TlsOffer>(&stream))
+            .await
+            .map_err(|_| WireError::Timeout(handoff::HANDOFF_TIMEOUT))??;
+    let adopted = match (&offer.session, fd) {
+        (Some(session), Some(fd)) => adopt(session, &offer, &trailing).map(|layer| (layer, fd)),
+        (Some(_), None) => Err("no client socket came with the session".to_owned()),
+        (None, _) => Err(String::new()),
+    };
+    let (layer, fd) = match adopted {
+        Ok(adopted) => adopted,
+        Err(why) => {
+            if !why.is_empty() {
+                log::warn!(target: "nextcloud_push::daemon", "NCP0115: refusing a TLS session handoff, the worker bridges it: {why}");
+            }
+            stream.write_all(&[handoff::REFUSED]).await?;
+            return serve_bridged(stream, engine, slot, hello, state).await;
+        }
+    };
+    // The child lets go of the connection once it reads this; not a byte was written before.
+    stream.write_all(&[handoff::ADOPTED]).await?;
+    drop(stream);
+    let plaintext = trailing[..offer.plaintext_len as usize].to_vec();
+    let ciphertext =
+        trailing[offer.plaintext_len as usize..][..offer.ciphertext_len as usize].to_vec();
+    let tcp = std::net::TcpStream::from(fd);
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpStream::from_std(tcp)?;
+    log::debug!(
+        target: "nextcloud_push::daemon",
+        "NCP0114: TLS session handed over ({:#06x}, suite {:#06x}, read/write sequence {}/{}, {} plaintext and {} ciphertext bytes pending, client chain {:?})",
+        layer.version(),
+        layer.suite(),
+        layer.read_seq(),
+        layer.write_seq(),
+        plaintext.len(),
+        ciphertext.len(),
+        offer.forwarded_for
+    );
+    engine.accept_upgraded(
+        Counted::new(TlsStream::new(tcp, layer, Vec::new(), ciphertext), slot, None),
+        Handoff {
+            early_data: plaintext,
+            forwarded_for: offer.forwarded_for.clone(),
+            ping_interval: None,
+            bridged: false,
+        },
+    );
+    Ok(())
+}
+
+/// The record layer for an offered session, proved against the last record Apache wrote.
+fn adopt(
+    session: &TlsState,
+    offer: &TlsOffer,
+    trailing: &[u8],
+) -> Result<tls::RecordLayer, String> {
+    let last_start = offer.plaintext_len as usize + offer.ciphertext_len as usize;
+    let mut state = session.clone();
+    state.last_server_record = trailing[last_start..].to_vec();
+    tls::adopt(state).map_err(|e| e.to_string())
+}
+
+/// A header frame, its trailing bytes and the descriptor that came with them (step 3 of the
+/// handoff, a TLS offer), from whatever chunks `recvmsg` returns. Nothing follows these bytes
+/// until the daemon answers or the child closes, so nothing is read too far.
+async fn receive<H: Announces>(
     stream: &UnixStream,
-) -> Result<(HandoffHeader, Vec<u8>, OwnedFd), WireError> {
-    let mut asm = HandoffAssembler::default();
+) -> Result<(H, Vec<u8>, Option<OwnedFd>), WireError> {
+    let mut asm = Assembler::<H>::default();
     let mut client: Option<OwnedFd> = None;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -145,10 +225,8 @@ async fn receive_handoff(
         if n == 0 {
             return Err(WireError::Protocol("the Apache child closed before the handoff".into()));
         }
-        if let Some((header, early)) = asm.push(&buf[..n])? {
-            let fd = client
-                .ok_or_else(|| WireError::Protocol("handoff without a client socket".into()))?;
-            return Ok((header, early, fd));
+        if let Some((header, trailing)) = asm.push(&buf[..n])? {
+            return Ok((header, trailing, client));
         }
     }
 }

@@ -16,6 +16,7 @@
 use super::{encode_frame, read_frame, MAX_FRAME};
 use super::{encode_json, frame_len, read_frame_async, Deadline, WireError, PROTOCOL};
 use crate::sys;
+use nextcloud_push_engine::tls::TlsState;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -55,11 +56,22 @@ pub struct Hello {
     /// much silence, so the daemon pings the client more often ([`bridged_ping_interval`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Bridged mode: step 3 starts with a [`TlsOffer`] (the TLS session may move to the daemon)
+    /// and the daemon's verdict; only if it refuses does the bridged step 3 follow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_offer: bool,
 }
 
 impl Hello {
     pub fn new(engine: u32, config: Option<String>) -> Hello {
-        Hello { protocol: PROTOCOL, engine, config, bridged: false, timeout_ms: None }
+        Hello {
+            protocol: PROTOCOL,
+            engine,
+            config,
+            bridged: false,
+            timeout_ms: None,
+            tls_offer: false,
+        }
     }
 
     /// The Hello of a bridged (TLS) session; `timeout` is Apache's `Timeout`.
@@ -109,26 +121,54 @@ pub fn encode_handoff(forwarded_for: Vec<IpAddr>, early: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reassembles step 3 on the daemon side from whatever chunks `recvmsg` returns.
-#[derive(Debug, Default)]
-pub struct HandoffAssembler {
-    buf: Vec<u8>,
-    header: Option<(HandoffHeader, usize)>,
+/// A header frame followed by raw bytes: the handoff's step 3 and the TLS offer.
+pub trait Announces: Clone + Sized {
+    /// The header frame's payload, checked.
+    fn decode(payload: &[u8]) -> Result<Self, WireError>;
+    /// How many raw bytes follow the header frame.
+    fn trailing(&self) -> usize;
 }
 
-impl HandoffAssembler {
-    /// Appends bytes. Returns the header and the early bytes once everything has arrived.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(HandoffHeader, Vec<u8>)>, WireError> {
+impl Announces for HandoffHeader {
+    fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        HandoffHeader::decode(payload)
+    }
+
+    fn trailing(&self) -> usize {
+        self.early_len as usize
+    }
+}
+
+/// Reassembles a header frame and its trailing bytes on the daemon side from whatever chunks
+/// `recvmsg` returns.
+#[derive(Debug)]
+pub struct Assembler<H> {
+    buf: Vec<u8>,
+    header: Option<(H, usize)>,
+}
+
+impl<H> Default for Assembler<H> {
+    fn default() -> Self {
+        Assembler { buf: Vec::new(), header: None }
+    }
+}
+
+/// Step 3 of the handoff.
+pub type HandoffAssembler = Assembler<HandoffHeader>;
+
+impl<H: Announces> Assembler<H> {
+    /// Appends bytes. Returns the header and the trailing bytes once everything has arrived.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(H, Vec<u8>)>, WireError> {
         self.buf.extend_from_slice(bytes);
         if self.header.is_none() && self.buf.len() >= 4 {
             let len = frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])?;
             if self.buf.len() >= 4 + len {
-                let header = HandoffHeader::decode(&self.buf[4..4 + len])?;
+                let header = H::decode(&self.buf[4..4 + len])?;
                 self.header = Some((header, 4 + len));
             }
         }
         if let Some((header, start)) = &self.header {
-            let end = start + header.early_len as usize;
+            let end = start + header.trailing();
             if self.buf.len() > end {
                 return Err(WireError::Protocol("bytes after the early data".into()));
             }
@@ -142,9 +182,50 @@ impl HandoffAssembler {
     /// How many more bytes could still belong to the message (for sizing reads).
     pub fn wanted(&self) -> usize {
         match &self.header {
-            Some((h, start)) => (start + h.early_len as usize).saturating_sub(self.buf.len()),
+            Some((h, start)) => (start + h.trailing()).saturating_sub(self.buf.len()),
             None => 4 + super::MAX_FRAME,
         }
+    }
+}
+
+/// Daemon's answer to a TLS offer: it took the session and the socket; the child lets go.
+pub const ADOPTED: u8 = 2;
+/// Most ciphertext an offer carries: what the child read from below mod_ssl after OpenSSL's
+/// last record.
+pub const MAX_CIPHERTEXT: usize = 64 * 1024;
+/// Largest copy of the last record OpenSSL wrote (a full record with its expansion).
+pub const MAX_LAST_RECORD: usize = 5 + (1 << 14) + 2048;
+
+/// The TLS session of a bridged WebSocket, offered to the daemon after the 101 (bridged mode
+/// with `tls_offer`). Followed by `plaintext_len` bytes Apache already decrypted,
+/// `ciphertext_len` bytes of records OpenSSL has not read yet, and `last_record_len` bytes: the
+/// last record OpenSSL wrote, which the daemon opens at `write_seq - 1` before it adopts the
+/// session. The client socket travels with it as `SCM_RIGHTS` when `session` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsOffer {
+    pub forwarded_for: Vec<IpAddr>,
+    /// `None`: the session cannot move (not eligible, or a record still half-read): bridge it.
+    /// Its `last_server_record` is the trailing bytes' last part.
+    pub session: Option<TlsState>,
+    pub plaintext_len: u32,
+    pub ciphertext_len: u32,
+    pub last_record_len: u32,
+}
+
+impl Announces for TlsOffer {
+    fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let offer: TlsOffer = super::decode_json(payload, "TLS offer")?;
+        if offer.plaintext_len as usize > MAX_EARLY
+            || offer.ciphertext_len as usize > MAX_CIPHERTEXT
+            || offer.last_record_len as usize > MAX_LAST_RECORD
+        {
+            return Err(WireError::Protocol("TLS offer announces too many bytes".into()));
+        }
+        Ok(offer)
+    }
+
+    fn trailing(&self) -> usize {
+        self.plaintext_len as usize + self.ciphertext_len as usize + self.last_record_len as usize
     }
 }
 
@@ -157,6 +238,15 @@ pub async fn read_bridged(
     let mut early = vec![0u8; header.early_len as usize];
     stream.read_exact(&mut early).await?;
     Ok((header, early))
+}
+
+/// The daemon's answer to a [`TlsOffer`].
+#[derive(Debug)]
+pub enum Verdict {
+    /// The daemon runs the session now; the child lets go of the connection without a byte.
+    Adopted,
+    /// The session stays with the child, which bridges it.
+    Refused(Accepted),
 }
 
 /// The child's connection to the daemon after the daemon accepted (steps 1–2 done).
@@ -204,6 +294,35 @@ impl Accepted {
         self.stream.set_read_timeout(None)?;
         self.stream.set_nonblocking(true)?;
         Ok(self.stream)
+    }
+
+    /// Bridged mode with a TLS offer: sends `offer`, its trailing bytes and, when it carries a
+    /// session, the client socket; then waits for the daemon's verdict. On a refusal the
+    /// connection goes on as a bridge ([`Accepted::bridge`]).
+    pub fn offer_tls(
+        self,
+        client: Option<BorrowedFd<'_>>,
+        offer: &TlsOffer,
+        trailing: &[u8],
+    ) -> Result<Verdict, WireError> {
+        let mut msg = encode_json(offer);
+        msg.extend_from_slice(trailing);
+        self.stream.set_write_timeout(Some(HANDOFF_TIMEOUT / 2))?;
+        let sent = match client {
+            Some(fd) => sys::send_with_fd(&self.stream, &msg, fd),
+            None => Ok(0),
+        };
+        let written = sent.and_then(|sent| (&self.stream).write_all(&msg[sent..]));
+        zeroize::Zeroize::zeroize(&mut msg);
+        written?;
+        self.stream.set_read_timeout(Some(HANDOFF_TIMEOUT / 2))?;
+        let mut verdict = [0u8; 1];
+        (&self.stream).read_exact(&mut verdict)?;
+        match verdict[0] {
+            ADOPTED => Ok(Verdict::Adopted),
+            REFUSED => Ok(Verdict::Refused(self)),
+            other => Err(WireError::Protocol(format!("unexpected verdict byte {other}"))),
+        }
     }
 
     /// The bytes of step 3, checked, with the stream's write timeout set for them.
@@ -274,15 +393,15 @@ mod tests {
     #[test]
     fn hello_json_shape() {
         let frame = encode_json(&Hello::new(3, None));
-        assert_eq!(&frame[4..], br#"{"protocol":2,"engine":3}"#);
+        assert_eq!(&frame[4..], br#"{"protocol":3,"engine":3}"#);
         let with = encode_json(&Hello::new(0, Some("ab12".into())));
-        assert_eq!(&with[4..], br#"{"protocol":2,"engine":0,"config":"ab12"}"#);
-        let plain: Hello = serde_json::from_slice(br#"{"protocol":2,"engine":2}"#).unwrap();
+        assert_eq!(&with[4..], br#"{"protocol":3,"engine":0,"config":"ab12"}"#);
+        let plain: Hello = serde_json::from_slice(br#"{"protocol":3,"engine":2}"#).unwrap();
         assert_eq!(plain, Hello::new(2, None));
         let bridged = encode_json(&Hello::bridged(1, None, Duration::from_secs(300)));
         assert_eq!(
             &bridged[4..],
-            br#"{"protocol":2,"engine":1,"bridged":true,"timeout_ms":300000}"#
+            br#"{"protocol":3,"engine":1,"bridged":true,"timeout_ms":300000}"#
         );
         assert_eq!(frame_len(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
     }

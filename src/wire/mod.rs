@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped on any incompatible change; the daemon refuses other versions, and a changed
 /// version restarts the daemon at the next graceful restart (it is part of the fingerprint).
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME: usize = 16 * 1024;
 

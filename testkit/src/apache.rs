@@ -229,6 +229,7 @@ pub struct ApacheBuilder {
     expect_daemon: Option<bool>,
     ready_log: Option<String>,
     allowed: Vec<String>,
+    env_vars: Vec<(String, String)>,
     nofile: Option<(u64, u64)>,
 }
 
@@ -251,6 +252,7 @@ impl ApacheBuilder {
             expect_daemon: None,
             ready_log: None,
             allowed: Vec::new(),
+            env_vars: Vec::new(),
             nofile: None,
         }
     }
@@ -372,6 +374,13 @@ impl ApacheBuilder {
     /// Whitelists error-log lines containing `needle` (an `AH`/`NCP` id or a message part).
     pub fn allow(mut self, needle: &str) -> Self {
         self.allowed.push(needle.to_string());
+        self
+    }
+
+    /// Starts apache2 with this variable in its environment (children and the push daemon
+    /// inherit it).
+    pub fn env_var(mut self, key: &str, value: &str) -> Self {
+        self.env_vars.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -518,6 +527,7 @@ impl ApacheBuilder {
             .arg("-f")
             .arg(&root.conf)
             .env("LANG", "C")
+            .envs(self.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .output()
             .expect("run apache2");
@@ -751,6 +761,7 @@ impl Apache {
             .arg("-f")
             .arg(&root.conf)
             .env("LANG", "C")
+            .envs(b.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -76,6 +76,11 @@ impl Client {
         Client { ws }
     }
 
+    /// The WebSocket itself (e.g. to reach the TLS connection under it).
+    pub fn ws_mut(&mut self) -> &mut Ws {
+        &mut self.ws
+    }
+
     /// A client over a socket whose handshake was done by hand; `leftover` are bytes read after
     /// the response head.
     pub async fn from_raw(stream: TcpStream, leftover: Vec<u8>) -> Client {
