@@ -41,15 +41,18 @@ pub enum Directive {
     Metrics,
     /// `NextcloudPushTlsHandoff On|Off`: move wss sessions' TLS state to the daemon.
     TlsHandoff,
+    /// `NextcloudPushMaxBridged N`: at most N wss sessions bridged by workers at once.
+    MaxBridged,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 14] = [
+    pub const ALL: [Directive; 15] = [
         Directive::AllowSelfSigned,
         Directive::Config,
         Directive::Database,
         Directive::Debounce,
         Directive::Loopback,
+        Directive::MaxBridged,
         Directive::MaxConnectionTime,
         Directive::MaxDebounceTime,
         Directive::Metrics,
@@ -81,6 +84,7 @@ impl Directive {
             Directive::Loopback => "NextcloudPushLoopback",
             Directive::Metrics => "NextcloudPushMetrics",
             Directive::TlsHandoff => "NextcloudPushTlsHandoff",
+            Directive::MaxBridged => "NextcloudPushMaxBridged",
         }
     }
 
@@ -98,7 +102,7 @@ impl Directive {
 
     /// Directives that may only appear outside `<VirtualHost>`.
     pub const fn is_server_wide(self) -> bool {
-        matches!(self, Directive::Socket)
+        matches!(self, Directive::Socket | Directive::MaxBridged)
     }
 }
 
@@ -135,6 +139,8 @@ pub struct Runtime {
     /// `post_config`, for every server while a push daemon runs: the daemon's client-IP
     /// vouching key (see `apache::vouch`).
     pub vouch_key: Option<nextcloud_push_engine::vouch::VouchKey>,
+    /// `post_config`: how many wss sessions workers may bridge at once (sent in bridged Hellos).
+    pub max_bridged: Option<u32>,
 }
 
 /// The directive values of one server. `None` = not set here.
@@ -160,6 +166,8 @@ pub struct Directives {
     pub metrics: Option<bool>,
     /// `NextcloudPushTlsHandoff` (default On).
     pub tls_handoff: Option<bool>,
+    /// `NextcloudPushMaxBridged` (main server only; default: a quarter of MaxRequestWorkers).
+    pub max_bridged: Option<u32>,
 }
 
 impl Directives {
@@ -180,6 +188,7 @@ impl Directives {
             loopback: add.loopback.or(base.loopback),
             metrics: add.metrics.or(base.metrics),
             tls_handoff: add.tls_handoff.or(base.tls_handoff),
+            max_bridged: base.max_bridged,
         }
     }
 
@@ -265,6 +274,12 @@ impl Directives {
                     )));
                 }
                 self.database = Some(arg.to_owned());
+            }
+            Directive::MaxBridged => {
+                let n = arg.parse::<u32>().map_err(|_| {
+                    err(&format!("\"{arg}\" is not a number of sessions (0 or more)"))
+                })?;
+                self.max_bridged = Some(n);
             }
             Directive::TablePrefix => {
                 if !arg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -40,6 +40,10 @@ pub enum WireError {
     Timeout(Duration),
     #[error("the push daemon refused the connection (unknown engine, out of file descriptors or shutting down)")]
     Refused,
+    #[error(
+        "as many wss sessions as NextcloudPushMaxBridged allows are bridged by workers already"
+    )]
+    BridgesFull,
     #[error("push daemon connection: {0}")]
     Io(#[from] io::Error),
     #[error("push daemon protocol error: {0}")]
@@ -115,4 +119,6 @@ pub enum Refusal {
     StaleConfig(u32),
     #[error("{live} sockets open, fd limit {limit}")]
     FdLimit { live: u64, limit: u64 },
+    #[error("{0} bridged sessions hold Apache workers already (NextcloudPushMaxBridged)")]
+    BridgesFull(usize),
 }

@@ -22,7 +22,7 @@
 //! | `NCP0016` | debug | daemon | cannot raise RLIMIT_NOFILE |
 //! | `NCP0017` | debug | daemon | the process title could not be changed |
 //! | `NCP0018` | notice | parent | the daemon's RLIMIT_NOFILE leaves room for fewer than 50,000 sessions (and what to raise) |
-//! | `NCP0019` | info | parent | how many bridged wss sessions MaxRequestWorkers leaves room for (each holds a worker) |
+//! | `NCP0019` | info | parent | how many wss sessions Apache workers may bridge at once (`NextcloudPushMaxBridged`, MaxRequestWorkers) |
 //! | `NCP0020` | emerg | check_config | invalid `NextcloudPushSocket` (startup refused) |
 //! | `NCP0021` | emerg | check_config | invalid push configuration of a server (startup refused) |
 //! | `NCP0022` | debug | parent | the parent's stop handlers were wrapped for this generation (stop notices to the daemon) |
@@ -31,6 +31,9 @@
 //! | `NCP0033` | debug | child | the client went away while the 101 was sent |
 //! | `NCP0034` | error | child | handoff failed after the 101 (the client sees the connection close) |
 //! | `NCP0035` | debug | child | a bridged (TLS) WebSocket ended, and why (daemon closed, client gone, idle for `Timeout`, Apache stopping) |
+//! | `NCP0036` | debug | child | a wss session's TLS stays with its worker (bridged), and why (not eligible, a record half-read, …) |
+//! | `NCP0037` | debug | child | a wss session's TLS session moved to the push daemon (the worker let go) |
+//! | `NCP0038` | debug | child | a wss upgrade got 503: the bridge cap is reached (the daemon logs NCP0116) |
 //! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
 //! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
 //! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |
@@ -48,3 +51,6 @@
 //! | `NCP0111` | info | daemon | stop notice from the Apache parent (`apachectl stop` or `graceful-stop`): every session gets Close 1001, then the daemon exits |
 //! | `NCP0112` | debug | daemon | an unknown byte on the stop-notice channel was ignored |
 //! | `NCP0113` | info | daemon | restart notice from the Apache parent (`apachectl restart`, not graceful): the bridged (TLS) sessions get Close 1001, the daemon and plain sessions stay |
+//! | `NCP0114` | debug | daemon | a TLS session was adopted (version, suite, sequence numbers, pending bytes, client IP chain; never secrets) |
+//! | `NCP0115` | warn | daemon | a TLS session offer was refused (self-check failed, bad state); the worker bridges it |
+//! | `NCP0116` | warn | daemon | a wss session got 503 at the bridge cap (`NextcloudPushMaxBridged`); one line per 100 refusals |

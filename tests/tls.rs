@@ -595,3 +595,92 @@ async fn a_handed_off_session_carries_10000_messages_in_order_and_large_ones() {
     alice.close().await;
     stack.finish();
 }
+
+/// Bridged wss sessions (TLS that cannot move) can never take the site's workers: beyond
+/// `NextcloudPushMaxBridged` the upgrade gets 503 + Retry-After before any 101, the daemon says
+/// why (NCP0116), the site keeps answering, and a freed bridge makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridged_sessions_beyond_the_cap_get_503_and_the_site_stays_up() {
+    let (ca, mut stack) = require!(
+        tls_stack(Mpm::Event, |b| with_status(
+            b.vhost_line(BRIDGED).server_line("NextcloudPushMaxBridged 3")
+        ))
+        .await
+    );
+    stack.apache.allow("NCP0116");
+    let port = stack.apache.port();
+    let mut bridged = Vec::new();
+    for _ in 0..3 {
+        bridged.push(wss_login(&ca, &stack, ALICE).await);
+    }
+    let request = upgrade_request(port, "").into_bytes();
+    let (head, ws) = ca.raw_upgrade(port, &request, T).await;
+    assert!(ws.is_none() && head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
+    stack.apache.await_error_log("NCP0116", T).await;
+    assert!(stack.apache.error_log().contains("3 bridged sessions hold Apache workers already"));
+    let status = https_get(&ca, port, "/server-status?auto", Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|e| panic!("server-status at the bridge cap: {e}"));
+    assert!(busy_workers(&status).is_some(), "{status}");
+    // One bridge ends: the next wss client gets in.
+    bridged.pop().expect("a client").close().await;
+    stack.apache.await_error_log("NCP0035", T).await;
+    let mut next = wss_login(&ca, &stack, BOB).await;
+    stack.roundtrip(&mut next, "bob", "after_a_bridge_ended").await;
+    for c in bridged {
+        c.close().await;
+    }
+    stack.finish();
+}
+
+/// The debug knob `NCP_DEBUG_TLS_WRITE_SEQ_SHIFT` miscounts the write sequence number by ±1:
+/// the daemon's self-check (opening the last record Apache wrote) refuses the session before
+/// sending a byte (NCP0115), and the worker bridges it instead, without the client noticing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miscounted_sequence_number_is_refused_and_the_session_bridged() {
+    for shift in ["1", "-1"] {
+        let (ca, mut stack) = require!(
+            tls_stack(Mpm::Event, |b| b.env_var("NCP_DEBUG_TLS_WRITE_SEQ_SHIFT", shift)).await
+        );
+        stack.apache.allow("NCP0115");
+        let mut alice = wss_login(&ca, &stack, ALICE).await;
+        stack.roundtrip(&mut alice, "alice", "bridged_instead").await;
+        let line = stack.apache.await_error_log("NCP0115", T).await;
+        assert!(line.contains("self-check"), "shift {shift}: {line}");
+        stack.apache.await_error_log("NCP0108", T).await;
+        assert!(!stack.apache.error_log().contains("NCP0114"), "shift {shift}: nothing adopted");
+        alice.close().await;
+        stack.finish();
+    }
+}
+
+/// A bridged session whose client sends a KeyUpdate and a frame in one TCP write: OpenSSL
+/// answers "want read" after the KeyUpdate although the frame's record is already buffered in
+/// Apache's core filter, and no POLLIN will come for it. The bridge reads again after such a
+/// read (progress without data), so the frame is relayed at once, not at the next ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_session_relays_what_follows_a_key_update_at_once() {
+    use futures_util::SinkExt;
+    let (ca, stack) =
+        require!(tls_stack(Mpm::Event, |b| b.vhost_line(BRIDGED).server_line("Timeout 60")).await);
+    let mut alice = wss_login(&ca, &stack, ALICE).await;
+    stack.apache.await_error_log("NCP0108", T).await;
+    for round in 0..3 {
+        request_key_update(&mut alice);
+        // A Close frame gets the daemon's Close back: that answer needs the frame relayed.
+        if round == 2 {
+            alice
+                .ws_mut()
+                .send(tokio_tungstenite::tungstenite::Message::Close(None))
+                .await
+                .unwrap();
+            let (_, ending) = alice.expect_end(Duration::from_secs(3)).await;
+            assert_eq!(ending, Ending::CloseFrame(None), "the Close after a KeyUpdate");
+            break;
+        }
+        alice.send_text("listen notify_file_id").await;
+        stack.roundtrip(&mut alice, "alice", &format!("rekeyed_{round}")).await;
+    }
+    stack.finish();
+}

@@ -286,8 +286,14 @@ impl Client {
     /// Nonblocking reads of `c->input_filters` until nothing is left or `limit` is reached.
     fn read(&mut self, into: &mut Vec<u8>, limit: usize) -> Result<Read_, ClientError> {
         let mut got = Read_::Nothing;
+        // Reads that OpenSSL answered "want read" after progress without data (a KeyUpdate, a
+        // warning alert): records may wait behind it in the core filter, and no POLLIN will
+        // come for them. Bounded, so a flood of such records cannot hold the loop.
+        let mut progress_without_data = 0;
         while into.len() < limit {
             let want = (limit - into.len()).min(CHUNK);
+            // SAFETY: live connection on this thread.
+            let activity = unsafe { super::tls::read_activity(self.c) };
             // SAFETY: live connection on this thread; the brigade is emptied after each read and
             // its data copied out.
             let (rv, data, eos) = unsafe {
@@ -315,6 +321,12 @@ impl Client {
                 (rv, data, eos)
             };
             if rv == ffi::APR_EAGAIN as i32 {
+                // SAFETY: as above.
+                let moved = unsafe { super::tls::read_activity(self.c) } != activity;
+                if moved && progress_without_data < 64 {
+                    progress_without_data += 1;
+                    continue;
+                }
                 return Ok(got);
             }
             if rv == ffi::APR_EOF as i32 {

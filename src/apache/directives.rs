@@ -13,7 +13,7 @@ use std::ptr;
 /// The table httpd reads when the module is added, before `register_hooks`: it must be a
 /// static. `command_rec` holds raw pointers, hence the `Sync` wrapper.
 #[repr(transparent)]
-pub struct Commands(pub [ffi::command_rec; 15]);
+pub struct Commands(pub [ffi::command_rec; 16]);
 
 // SAFETY: the table is immutable and only holds pointers to static strings and functions.
 unsafe impl Sync for Commands {}
@@ -60,6 +60,11 @@ pub static COMMANDS: Commands = Commands([
         Directive::Loopback,
         c"NextcloudPushLoopback",
         c"Off to call Nextcloud at its URL instead of through this vhost over loopback with a vouched client IP (default On)",
+    ),
+    entry(
+        Directive::MaxBridged,
+        c"NextcloudPushMaxBridged",
+        c"Server-wide: at most this many wss sessions bridged by Apache workers at once; more get 503 (default: a quarter of MaxRequestWorkers)",
     ),
     entry(
         Directive::MaxConnectionTime,

@@ -10,6 +10,7 @@ use crate::config::ServerConfig;
 use crate::error::ClientError;
 use crate::wire::control::{self, ControlRequest};
 use crate::wire::handoff::{self, Hello, TlsOffer, Verdict};
+use crate::wire::WireError;
 use nextcloud_push_engine::upgrade::{self, Route, UpgradeRequest};
 use std::ffi::{c_int, CStr};
 use std::net::IpAddr;
@@ -154,7 +155,11 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
     let eligible =
         if tls && conf.directives.tls_handoff_enabled() { tls_eligible(req) } else { None };
     let hello = if tls {
-        Hello { tls_offer: eligible.is_some(), ..Hello::bridged(engine, config, timeout) }
+        Hello {
+            tls_offer: eligible.is_some(),
+            max_bridged: conf.runtime.max_bridged.filter(|_| eligible.is_none()),
+            ..Hello::bridged(engine, config, timeout)
+        }
     } else {
         Hello::new(engine, config)
     };
@@ -162,6 +167,11 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
     // Ask the daemon before anything is sent: a refusal can still be a clean 503.
     let accepted = match handoff::ask_daemon(socket, &hello, handoff::ASK_TIMEOUT) {
         Ok(a) => a,
+        // The daemon logs these (NCP0116, rate-limited): a flood must not flood the log.
+        Err(e @ WireError::BridgesFull) => {
+            ::log::debug!(target: "nextcloud_push::apache", "NCP0038: {e}; answering 503");
+            return unavailable(req);
+        }
         Err(e) => {
             log_at(
                 req.server(),

@@ -179,7 +179,11 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         }
         return OK;
     };
-    log_bridge_capacity(s);
+    // SAFETY: the live main server.
+    let max_bridged = unsafe { server_config::get_ref(s) }.and_then(|c| c.directives.max_bridged);
+    let workers = max_request_workers();
+    let bridge_cap = plan::bridge_cap(max_bridged, workers);
+    log_bridge_capacity(s, bridge_cap, workers);
     for (index, (engine, route)) in engines.configs.iter().zip(&engines.loopbacks).enumerate() {
         super::vouch::log_route(s, index, &engine.nextcloud_url, *route);
     }
@@ -215,7 +219,7 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
     }
     // SAFETY: live main server and pconf.
     unsafe {
-        share_vouch_key(s, &key);
+        share_runtime(s, &key, bridge_cap);
         // Stop the daemon when Apache exits (not on restarts: pconf is cleared then too); the
         // callback lives in this DSO, which is unloaded after it runs.
         ffi::apr_pool_cleanup_register(
@@ -292,16 +296,18 @@ fn apply(action: Action, ret: &mut Retained, s: *mut ffi::server_rec) {
     }
 }
 
-/// Every server checks vouches with the daemon's key (children inherit the configuration).
+/// Every server checks vouches with the daemon's key and tells the daemon the bridge cap
+/// (children inherit the configuration).
 ///
 /// # Safety
 /// Parent, in post_config; `s` is the live main server.
-unsafe fn share_vouch_key(s: *mut ffi::server_rec, key: &VouchKey) {
+unsafe fn share_runtime(s: *mut ffi::server_rec, key: &VouchKey, bridge_cap: u32) {
     // SAFETY: the main server's chain of live servers; one config borrowed at a time.
     for srv in unsafe { server_config::servers(s) } {
         // SAFETY: as above.
         if let Some(conf) = unsafe { server_config::get(srv) } {
             conf.runtime.vouch_key = Some(key.clone());
+            conf.runtime.max_bridged = Some(bridge_cap);
         }
     }
 }
@@ -344,31 +350,31 @@ unsafe fn assign_engines(s: *mut ffi::server_rec) -> (Engines, Option<PathBuf>) 
     (engines, socket_path)
 }
 
-/// One line per configuration load: plain-HTTP WebSockets hold no Apache worker, but each wss
-/// client that reaches Apache's mod_ssl holds one for as long as it is connected (the TLS
-/// bridge), so MaxRequestWorkers bounds them.
-fn log_bridge_capacity(s: *mut ffi::server_rec) {
+/// MaxRequestWorkers as the MPM reports it (daemons × threads).
+fn max_request_workers() -> Option<u64> {
     let query = |what: u32| {
         let mut v: c_int = 0;
         // SAFETY: ap_mpm_query with a valid out pointer.
         let rv = unsafe { ffi::ap_mpm_query(what as c_int, &mut v) };
         (rv == 0 && v > 0).then_some(v as u64)
     };
-    let msg = match (query(ffi::AP_MPMQ_MAX_DAEMONS), query(ffi::AP_MPMQ_MAX_THREADS)) {
-        (Some(daemons), threads) => {
-            let workers = daemons * threads.unwrap_or(1).max(1);
-            format!(
-                "NCP0019: MaxRequestWorkers {workers}: room for at most {workers} bridged wss \
-                 (TLS via mod_ssl) push sessions, fewer while other requests run; each holds a \
-                 worker while connected. Plain-HTTP sessions (TLS terminated in front of \
-                 Apache) hold none"
-            )
-        }
-        _ => "NCP0019: each bridged wss (TLS via mod_ssl) push session holds an Apache worker \
-              while connected (MaxRequestWorkers unknown); plain-HTTP sessions hold none"
-            .to_owned(),
-    };
-    log_at(s, Severity::Info, &msg);
+    let daemons = query(ffi::AP_MPMQ_MAX_DAEMONS)?;
+    Some(daemons * query(ffi::AP_MPMQ_MAX_THREADS).unwrap_or(1).max(1))
+}
+
+/// One line per configuration load: how many wss sessions workers may bridge (the others move
+/// to the daemon and hold no worker, like plain-HTTP ones).
+fn log_bridge_capacity(s: *mut ffi::server_rec, cap: u32, workers: Option<u64>) {
+    let workers = workers.map_or_else(|| "unknown".to_owned(), |w| w.to_string());
+    log_at(
+        s,
+        Severity::Info,
+        &format!(
+            "NCP0019: at most {cap} wss sessions at once are bridged by Apache workers \
+             (NextcloudPushMaxBridged; MaxRequestWorkers {workers}); wss sessions whose TLS moves \
+             to the push daemon and plain-HTTP sessions hold no worker"
+        ),
+    );
 }
 
 /// Identifies the installed module file (device, inode, size, mtime), so installing a new

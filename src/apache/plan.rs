@@ -99,6 +99,16 @@ pub fn fingerprint(id: &DaemonIdentity<'_>, engines: &Engines) -> String {
     sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How many wss sessions Apache workers may bridge at once (each holds its worker while
+/// connected): `NextcloudPushMaxBridged` if set, else a quarter of MaxRequestWorkers, so push
+/// can never take more than that share of the site's workers (at least 1; 64 when the MPM
+/// does not say).
+pub fn bridge_cap(directive: Option<u32>, max_request_workers: Option<u64>) -> u32 {
+    directive.unwrap_or_else(|| {
+        max_request_workers.map_or(64, |w| u32::try_from(w / 4).unwrap_or(u32::MAX).max(1))
+    })
+}
+
 /// What to do with the daemon at a configuration pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -202,6 +212,15 @@ mod tests {
         assert_ne!(fingerprint(&id, &routed), base, "the loopback address counts");
         engines.add(&config("http://b.example/"), None);
         assert_ne!(fingerprint(&id, &engines), base, "another engine counts");
+    }
+
+    #[test]
+    fn bridges_get_a_quarter_of_the_workers_unless_configured() {
+        assert_eq!(bridge_cap(None, Some(150)), 37);
+        assert_eq!(bridge_cap(None, Some(3)), 1);
+        assert_eq!(bridge_cap(None, None), 64);
+        assert_eq!(bridge_cap(Some(0), Some(150)), 0);
+        assert_eq!(bridge_cap(Some(500), Some(150)), 500);
     }
 
     #[test]

@@ -401,6 +401,19 @@ unsafe extern "C" fn tap_filter(
     }
 }
 
+/// How many read-side callbacks OpenSSL made on this connection so far (`None`: not tracked):
+/// a read that changed it made progress, with or without data.
+///
+/// # Safety
+/// `c` must be a live connection, on its thread.
+pub unsafe fn read_activity(c: *mut ffi::conn_rec) -> Option<u64> {
+    // SAFETY: per contract; the slot holds our Track or NULL.
+    unsafe {
+        let track = ffi::ap_get_module_config((*c).conn_config, module::record()) as *const Track;
+        track.as_ref().map(|t| t.read_activity)
+    }
+}
+
 /// A connection whose TLS session may move: its `SSL`, version and suite, checked before the
 /// Hello.
 pub struct Eligible {

@@ -32,11 +32,15 @@ pub async fn handle(mut stream: UnixStream, state: &State) -> Result<(), WireErr
         Ok(engine) => engine,
         Err(why) => {
             let n = state.refused.fetch_add(1, Ordering::Relaxed);
+            let full = matches!(why, Refusal::BridgesFull(_));
             // One line per 100 refusals, so a flood does not flood the log.
-            if n % 100 == 0 {
+            if n % 100 == 0 && full {
+                log::warn!(target: "nextcloud_push::daemon", "NCP0116: a wss session gets 503: {why}; its TLS could not move to the daemon (NCP0036 at debug level says why)");
+            } else if n % 100 == 0 {
                 log::warn!(target: "nextcloud_push::daemon", "NCP0106: refusing a WebSocket handoff: {why}");
             }
-            stream.write_all(&[handoff::REFUSED]).await?;
+            let answer = if full { handoff::BRIDGES_FULL } else { handoff::REFUSED };
+            stream.write_all(&[answer]).await?;
             return Ok(());
         }
     };
@@ -116,8 +120,9 @@ async fn serve_bridged(
         header.forwarded_for,
         ping_interval
     );
+    let bridge = LiveSlot::new(state.bridged.clone());
     engine.accept_upgraded(
-        Counted::new(stream, slot, Some(state.hold.clone())),
+        Counted::new(stream, slot, Some(state.hold.clone())).with_bridge(bridge),
         Handoff {
             early_data: early,
             forwarded_for: header.forwarded_for,
@@ -243,6 +248,12 @@ fn admit<'a>(hello: &Hello, state: &'a State) -> Result<&'a Arc<Engine>, Refusal
     let live = state.live.load(Ordering::SeqCst) as u64;
     if live + wire::ready::FD_RESERVE >= state.fd_limit {
         return Err(Refusal::FdLimit { live, limit: state.fd_limit });
+    }
+    if let Some(cap) = hello.max_bridged.filter(|_| hello.bridged && !hello.tls_offer) {
+        let bridged = state.bridged.load(Ordering::SeqCst);
+        if bridged >= cap as usize {
+            return Err(Refusal::BridgesFull(bridged));
+        }
     }
     Ok(engine)
 }

@@ -80,6 +80,8 @@ struct State {
     shutting_down: AtomicBool,
     /// Client sockets this daemon holds (handed-off sessions and handoffs in flight).
     live: Arc<AtomicUsize>,
+    /// Sessions bridged by Apache workers (each holds a worker).
+    bridged: Arc<AtomicUsize>,
     fd_limit: u64,
     refused: AtomicU64,
     hold: Arc<Hold>,
@@ -92,6 +94,7 @@ impl State {
             engines,
             shutting_down: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
+            bridged: Arc::new(AtomicUsize::new(0)),
             fd_limit,
             refused: AtomicU64::new(0),
             hold: Arc::default(),

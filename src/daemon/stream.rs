@@ -73,11 +73,19 @@ pub struct Counted<S: Send + 'static> {
     _slot: LiveSlot,
     /// Bridged streams only.
     hold: Option<Arc<Hold>>,
+    /// Bridged streams only: counts the worker the session holds.
+    _bridge: Option<LiveSlot>,
 }
 
 impl<S: Send + 'static> Counted<S> {
     pub fn new(inner: S, slot: LiveSlot, hold: Option<Arc<Hold>>) -> Counted<S> {
-        Counted { inner: Some(inner), _slot: slot, hold }
+        Counted { inner: Some(inner), _slot: slot, hold, _bridge: None }
+    }
+
+    /// A bridged stream also counts against the bridge cap while it lives.
+    pub fn with_bridge(mut self, bridge: LiveSlot) -> Counted<S> {
+        self._bridge = Some(bridge);
+        self
     }
 
     fn holding(&self) -> bool {

@@ -30,6 +30,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const ACCEPTED: u8 = 1;
 /// Daemon's answer to a [`Hello`]: unknown engine, out of file descriptors or shutting down.
 pub const REFUSED: u8 = 0;
+/// Daemon's answer to a bridged [`Hello`]: as many sessions as `max_bridged` are bridged
+/// already (each holds an Apache worker).
+pub const BRIDGES_FULL: u8 = 3;
 /// Most early bytes a child forwards. A client must wait for the 101 before it sends frames
 /// (RFC 6455 §4.1), so anything near this is abuse.
 pub const MAX_EARLY: usize = 64 * 1024;
@@ -60,6 +63,10 @@ pub struct Hello {
     /// and the daemon's verdict; only if it refuses does the bridged step 3 follow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_offer: bool,
+    /// Bridged mode without a TLS offer: the most bridged sessions the child's Apache allows at
+    /// once (`NextcloudPushMaxBridged`); at that count the daemon answers [`BRIDGES_FULL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bridged: Option<u32>,
 }
 
 impl Hello {
@@ -71,6 +78,7 @@ impl Hello {
             bridged: false,
             timeout_ms: None,
             tls_offer: false,
+            max_bridged: None,
         }
     }
 
@@ -265,6 +273,7 @@ pub fn ask_daemon(socket: &Path, hello: &Hello, timeout: Duration) -> Result<Acc
     match answer[0] {
         ACCEPTED => Ok(Accepted { stream }),
         REFUSED => Err(WireError::Refused),
+        BRIDGES_FULL => Err(WireError::BridgesFull),
         other => Err(WireError::Protocol(format!("unexpected answer byte {other}"))),
     }
 }
