@@ -1,0 +1,221 @@
+//! The TLS session handoff against clients of other stacks and their TLS-level moves:
+//! `openssl s_client` (OpenSSL's TLS 1.2 CBC suites stay bridged; renegotiation after the
+//! handoff is refused), a rustls client closing with close_notify, and `SSLKEYLOGFILE`, which
+//! must keep working while the module chains its own keylog callback. Real apache2 + mod_ssl
+//! with a per-run CA, every test ends with the error-log oracle.
+
+mod common;
+
+use common::client::{masked_text_frame, upgrade_request};
+use common::{Client, Stack, ALICE, AUTHENTICATED, BOB, T};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testkit::apache::{Mode, Mpm};
+use testkit::require;
+use testkit::tls::{wss_url, TestCa};
+
+async fn tls_stack(
+    configure: impl FnOnce(testkit::apache::ApacheBuilder) -> testkit::apache::ApacheBuilder,
+) -> Result<(TestCa, Stack), testkit::Skip> {
+    let ca = TestCa::generate()?;
+    let stack =
+        Stack::start(Mode::Foreground, |b| configure(ca.configure(b.mpm(Mpm::Event)))).await?;
+    Ok((ca, stack))
+}
+
+/// `openssl s_client` talking WebSocket: stdin takes raw bytes (and, without `-quiet`, its
+/// command lines such as `R`), stdout is collected by a thread.
+struct SClient {
+    child: Child,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl SClient {
+    fn start(ca: &TestCa, port: u16, args: &[&str]) -> SClient {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "localhost",
+            ])
+            .arg("-CAfile")
+            .arg(&ca.ca_cert)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl s_client");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        SClient { child, out }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(bytes).expect("write to s_client");
+        stdin.flush().expect("flush");
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until stdout+stderr contain `needle`.
+    async fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.output().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} from s_client:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) for s_client to exit; true if it did.
+    async fn exited(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Drop for SClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The upgrade and both login frames, as one write.
+fn upgrade_and_login(port: u16, (user, password): (&str, &str)) -> Vec<u8> {
+    let mut bytes = upgrade_request(port, "").into_bytes();
+    bytes.extend(masked_text_frame(user));
+    bytes.extend(masked_text_frame(password));
+    bytes
+}
+
+/// A TLS 1.2 CBC suite (OpenSSL's client offers it, rustls cannot): the daemon's record layer
+/// does not continue CBC, so the session stays with its worker (NCP0036 says why) and works
+/// bridged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cbc_session_stays_bridged_and_works() {
+    let (ca, stack) = require!(tls_stack(|b| b).await);
+    let port = stack.apache.port();
+    let mut s =
+        SClient::start(&ca, port, &["-quiet", "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"]);
+    s.send(&upgrade_and_login(port, ALICE));
+    s.wait_for(AUTHENTICATED, T).await;
+    let line = stack.apache.await_error_log("NCP0036", T).await;
+    assert!(line.contains("not an AEAD suite"), "{line}");
+    stack.apache.await_error_log("NCP0108", T).await;
+    stack.publish("notify_custom", r#"{"user":"alice","message":"over_cbc"}"#).await;
+    s.wait_for("over_cbc", T).await;
+    assert!(!stack.apache.error_log().contains("NCP0114"), "nothing was handed over");
+    drop(s);
+    stack.apache.await_error_log("NCP0035", T).await;
+    stack.finish();
+}
+
+/// TLS 1.2 renegotiation after the handoff (`R` in s_client): the daemon refuses it
+/// (`no_renegotiation`, then close_notify) and ends that session; the daemon and every other
+/// session go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renegotiation_after_the_handoff_ends_only_that_session() {
+    let (ca, stack) = require!(tls_stack(|b| b).await);
+    let port = stack.apache.port();
+    let mut bob = {
+        let ws = ca.connect(&wss_url(port), T).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut c = Client::from_ws(ws);
+        c.send_login(BOB.0, BOB.1).await;
+        c.expect_text(AUTHENTICATED, T).await;
+        c
+    };
+    let mut s = SClient::start(&ca, port, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]);
+    s.wait_for("Verify return code: 0 (ok)", T).await;
+    s.send(&upgrade_and_login(port, ALICE));
+    s.wait_for(AUTHENTICATED, T).await;
+    let line = stack.apache.await_error_log("suite 0xc02b", T).await;
+    assert!(line.contains("NCP0114"), "{line}");
+    // A line of its own: s_client reads it as its renegotiation command.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send(b"R\n");
+    assert!(s.exited(T).await, "s_client still connected after R:\n{}", s.output());
+    let out = s.output();
+    assert!(out.contains("RENEGOTIATING"), "{out}");
+    assert!(out.contains("no renegotiation") || out.contains("no_renegotiation"), "{out}");
+    stack.roundtrip(&mut bob, "bob", "bob_unaffected").await;
+    bob.close().await;
+    stack.finish();
+}
+
+/// A client that ends the TLS session with close_notify after the handoff gets the daemon's
+/// close_notify back (a clean end of stream, no truncation) and its session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_notify_from_the_client_is_answered_by_the_daemon() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ca, stack) = require!(tls_stack(|b| b).await);
+    let ws = ca.connect(&wss_url(stack.apache.port()), T).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut alice = Client::from_ws(ws);
+    alice.send_login(ALICE.0, ALICE.1).await;
+    alice.expect_text(AUTHENTICATED, T).await;
+    stack.apache.await_error_log("NCP0114", T).await;
+    let tokio_tungstenite::MaybeTlsStream::Rustls(tls) = alice.ws_mut().get_mut() else {
+        panic!("not rustls")
+    };
+    tls.get_mut().1.send_close_notify();
+    tls.flush().await.expect("flush close_notify");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(T, tls.read_to_end(&mut rest)).await.expect("end in time");
+    assert!(end.is_ok(), "a clean TLS end (the daemon's close_notify), got {end:?}");
+    stack.apache.await_error_log("alice disconnected", T).await;
+    stack.finish();
+}
+
+/// `SSLKEYLOGFILE` set for Apache: mod_ssl's keylog file still gets every secret while the
+/// module's own callback (chained after it) tracks them, and the session still moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslkeylogfile_keeps_working_with_the_handoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keylog = dir.path().join("keys.log");
+    std::fs::write(&keylog, b"").expect("keylog file");
+    // Apache's children run as nobody: the file must be writable by it.
+    let _ = Command::new("chmod").args(["0666"]).arg(&keylog).status();
+    let _ = Command::new("chmod").args(["0777"]).arg(dir.path()).status();
+    let (ca, stack) = require!(
+        tls_stack(|b| b.env_var("SSLKEYLOGFILE", keylog.to_str().expect("utf-8 path"))).await
+    );
+    let ws = ca.connect(&wss_url(stack.apache.port()), T).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut alice = Client::from_ws(ws);
+    alice.send_login(ALICE.0, ALICE.1).await;
+    alice.expect_text(AUTHENTICATED, T).await;
+    stack.apache.await_error_log("NCP0114", T).await;
+    stack.roundtrip(&mut alice, "alice", "with_a_keylog").await;
+    let logged = std::fs::read_to_string(&keylog).unwrap_or_default();
+    for label in ["CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"] {
+        assert!(logged.contains(label), "{label} missing from SSLKEYLOGFILE:\n{logged}");
+    }
+    alice.close().await;
+    stack.finish();
+}
