@@ -118,10 +118,10 @@ fn upgrade_and_login(port: u16, (user, password): (&str, &str)) -> Vec<u8> {
 
 /// A TLS 1.2 CBC suite (OpenSSL's client offers it, rustls cannot): the daemon's record layer
 /// does not continue CBC, so the session stays with its worker (NCP0036 says why) and works
-/// bridged.
+/// bridged; `<base>/metrics` counts it apart from a session that moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cbc_session_stays_bridged_and_works() {
-    let (ca, stack) = require!(tls_stack(|b| b).await);
+    let (ca, stack) = require!(tls_stack(|b| b.vhost_line("NextcloudPushMetrics On")).await);
     let port = stack.apache.port();
     let mut s =
         SClient::start(&ca, port, &["-quiet", "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"]);
@@ -133,6 +133,28 @@ async fn a_cbc_session_stays_bridged_and_works() {
     stack.publish("notify_custom", r#"{"user":"alice","message":"over_cbc"}"#).await;
     s.wait_for("over_cbc", T).await;
     assert!(!stack.apache.error_log().contains("NCP0114"), "nothing was handed over");
+    // Next to it a session that moves: the metrics count both kinds.
+    let ws = ca.connect(&wss_url(port), T).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut bob = Client::from_ws(ws);
+    bob.send_login(BOB.0, BOB.1).await;
+    bob.expect_text(AUTHENTICATED, T).await;
+    stack.apache.await_error_log("NCP0114", T).await;
+    let metrics = Command::new("curl")
+        .args(["-s", "--max-time", "5", "--cacert"])
+        .arg(&ca.ca_cert)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/push/metrics"))
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "push_session_count{transport=\"tls\"} 1",
+        "push_session_count{transport=\"bridged\"} 1",
+        "push_session_count{transport=\"plain\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
+    bob.close().await;
     drop(s);
     stack.apache.await_error_log("NCP0035", T).await;
     stack.finish();

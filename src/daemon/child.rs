@@ -122,7 +122,7 @@ async fn serve_bridged(
     );
     let bridge = LiveSlot::new(state.bridged.clone());
     engine.accept_upgraded(
-        Counted::new(stream, slot, Some(state.hold.clone())).with_bridge(bridge),
+        Counted::new(stream, slot, Some(state.hold.clone())).counted_as(bridge),
         Handoff {
             early_data: early,
             forwarded_for: header.forwarded_for,
@@ -184,7 +184,8 @@ async fn serve_tls_offer(
         offer.forwarded_for
     );
     engine.accept_upgraded(
-        Counted::new(TlsStream::new(tcp, layer, Vec::new(), ciphertext), slot, None),
+        Counted::new(TlsStream::new(tcp, layer, Vec::new(), ciphertext), slot, None)
+            .counted_as(LiveSlot::new(state.tls.clone())),
         Handoff {
             early_data: plaintext,
             forwarded_for: offer.forwarded_for.clone(),

@@ -33,6 +33,21 @@ pub async fn serve(
     Ok(())
 }
 
+/// How the daemon's client sockets reached it (all engines): plain handoffs, TLS sessions that
+/// moved from mod_ssl, and sessions bridged by Apache workers (each holding a worker).
+fn transports(state: &State) -> String {
+    let tls = state.tls.load(Ordering::SeqCst);
+    let bridged = state.bridged.load(Ordering::SeqCst);
+    let plain = state.live.load(Ordering::SeqCst).saturating_sub(tls + bridged);
+    format!(
+        "# HELP push_session_count WebSocket sessions of the push daemon by transport (all \
+         Nextcloud instances).\n# TYPE push_session_count gauge\n\
+         push_session_count{{transport=\"plain\"}} {plain}\n\
+         push_session_count{{transport=\"tls\"}} {tls}\n\
+         push_session_count{{transport=\"bridged\"}} {bridged}\n"
+    )
+}
+
 /// The answer to a control request (the engine does the work).
 async fn answer(frame: ControlFrame, state: &State) -> ControlResponse {
     let request = frame.control;
@@ -43,7 +58,9 @@ async fn answer(frame: ControlFrame, state: &State) -> ControlResponse {
         return ControlResponse::unavailable();
     };
     if request.path == "metrics" {
-        return ControlResponse::new(200, engine.metrics().to_prometheus_with_help());
+        let mut body = engine.metrics().to_prometheus_with_help();
+        body.push_str(&transports(state));
+        return ControlResponse::new(200, body);
     }
     let Some(route) = request.path.strip_prefix("test/") else {
         return ControlResponse::new(404, "");

@@ -82,6 +82,8 @@ struct State {
     live: Arc<AtomicUsize>,
     /// Sessions bridged by Apache workers (each holds a worker).
     bridged: Arc<AtomicUsize>,
+    /// Sessions whose TLS session moved here from mod_ssl.
+    tls: Arc<AtomicUsize>,
     fd_limit: u64,
     refused: AtomicU64,
     hold: Arc<Hold>,
@@ -95,6 +97,7 @@ impl State {
             shutting_down: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
             bridged: Arc::new(AtomicUsize::new(0)),
+            tls: Arc::new(AtomicUsize::new(0)),
             fd_limit,
             refused: AtomicU64::new(0),
             hold: Arc::default(),

@@ -73,18 +73,19 @@ pub struct Counted<S: Send + 'static> {
     _slot: LiveSlot,
     /// Bridged streams only.
     hold: Option<Arc<Hold>>,
-    /// Bridged streams only: counts the worker the session holds.
-    _bridge: Option<LiveSlot>,
+    /// The count of this stream's kind (bridged, adopted TLS).
+    _kind: Option<LiveSlot>,
 }
 
 impl<S: Send + 'static> Counted<S> {
     pub fn new(inner: S, slot: LiveSlot, hold: Option<Arc<Hold>>) -> Counted<S> {
-        Counted { inner: Some(inner), _slot: slot, hold, _bridge: None }
+        Counted { inner: Some(inner), _slot: slot, hold, _kind: None }
     }
 
-    /// A bridged stream also counts against the bridge cap while it lives.
-    pub fn with_bridge(mut self, bridge: LiveSlot) -> Counted<S> {
-        self._bridge = Some(bridge);
+    /// The stream also counts in its kind's count while it lives (bridged streams: against the
+    /// bridge cap).
+    pub fn counted_as(mut self, kind: LiveSlot) -> Counted<S> {
+        self._kind = Some(kind);
         self
     }
 
