@@ -216,7 +216,8 @@ async fn close_notify_from_the_client_is_answered_by_the_daemon() {
 }
 
 /// `SSLKEYLOGFILE` set for Apache: mod_ssl's keylog file still gets every secret while the
-/// module's own callback (chained after it) tracks them, and the session still moves.
+/// module's own callback (chained after it) tracks them, and the session still moves. The
+/// secrets themselves never appear in the error log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslkeylogfile_keeps_working_with_the_handoff() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,6 +238,20 @@ async fn sslkeylogfile_keeps_working_with_the_handoff() {
     let logged = std::fs::read_to_string(&keylog).unwrap_or_default();
     for label in ["CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"] {
         assert!(logged.contains(label), "{label} missing from SSLKEYLOGFILE:\n{logged}");
+        // The secrets the daemon got never reach the error log (debug level here), in any form.
+        let line = logged.lines().find(|l| l.starts_with(label)).expect("a line");
+        let secret_hex = line.rsplit(' ').next().expect("secret");
+        let bytes: Vec<u8> = (0..secret_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&secret_hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let log = stack.apache.error_log();
+        assert!(
+            !log.to_ascii_lowercase().contains(&secret_hex.to_ascii_lowercase()),
+            "{label} in the log"
+        );
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes);
+        assert!(!log.contains(&b64), "{label} (base64) in the log");
     }
     alice.close().await;
     stack.finish();
