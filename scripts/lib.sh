@@ -1,9 +1,13 @@
 # Shared helpers for scripts/setup and scripts/test (sourced, not executed).
 
 # Debian packages the build and the tests need: apache2 (the server under test), apache2-dev (apxs
-# and the httpd/APR headers bindgen reads), libclang-dev (bindgen), redis-server (real Redis in
-# tests and in the sandbox), curl, openssl (the per-run CA and certificate of the HTTPS tests).
-NCP_APT_PACKAGES=(apache2 apache2-dev libclang-dev redis-server curl openssl)
+# and the httpd/APR headers bindgen reads), libclang-dev (bindgen), libssl-dev (the libssl headers
+# of the TLS session handoff; the module links the system libssl, mod_ssl's), redis-server (real
+# Redis in tests and in the sandbox), curl, openssl (the per-run CA and certificate of the HTTPS
+# tests, and `openssl s_client` as a TLS client).
+NCP_APT_PACKAGES=(apache2 apache2-dev libclang-dev libssl-dev redis-server curl openssl)
+# Only for the tests: a real browser (headless) opening wss:// (tests/tls_clients.rs).
+NCP_TEST_APT_PACKAGES=(chromium)
 
 ncp_log() { printf '==> %s\n' "$*" >&2; }
 

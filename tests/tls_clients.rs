@@ -256,3 +256,77 @@ async fn sslkeylogfile_keeps_working_with_the_handoff() {
     alice.close().await;
     stack.finish();
 }
+
+/// A real browser: headless Chromium loads an https page from the push vhost whose script opens
+/// `wss://<host>/push/ws`, logs in and prints what arrives. The session moves to the daemon
+/// (NCP0114), and an event published afterwards reaches the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_websocket_over_https_is_handed_off() {
+    let Some(chromium) = testkit::find_binary("chromium") else {
+        assert!(!testkit::in_ci(), "chromium not found (CI=true: nothing skips)");
+        eprintln!("skipped: chromium not found (apt-get install chromium)");
+        return;
+    };
+    let page = format!(
+        "<!doctype html><html><body><script>\n\
+         const out = (t) => {{ const p = document.createElement('p'); p.textContent = t; \
+         document.body.appendChild(p); }};\n\
+         const ws = new WebSocket('wss://' + location.host + '/push/ws');\n\
+         ws.onopen = () => {{ ws.send('{}'); ws.send('{}'); }};\n\
+         ws.onmessage = (m) => out('msg:' + m.data);\n\
+         ws.onclose = (e) => out('close:' + e.code);\n\
+         </script></body></html>\n",
+        ALICE.0, ALICE.1
+    );
+    let (_ca, stack) = require!(
+        tls_stack(|b| b
+            .extra_file("nextcloud/push-test.html", &page)
+            .server_line(format!(
+                "LoadModule mime_module {}/mod_mime.so",
+                testkit::apache::MODULES_DIR
+            ))
+            .server_line("TypesConfig /dev/null")
+            .server_line("AddType text/html .html"))
+        .await
+    );
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("https://localhost:{}/push-test.html", stack.apache.port());
+    let browser = std::thread::spawn({
+        let profile = profile.path().to_path_buf();
+        move || {
+            Command::new(chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    // The page and the WebSocket use the per-run test CA.
+                    "--ignore-certificate-errors",
+                    "--virtual-time-budget=8000",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg(url)
+                .output()
+                .expect("run chromium")
+        }
+    });
+    stack.apache.await_error_log("NCP0114", Duration::from_secs(20)).await;
+    stack.apache.await_error_log("alice connected", T).await;
+    stack.publish("notify_custom", r#"{"user":"alice","message":"to_the_browser"}"#).await;
+    let output = tokio::task::spawn_blocking(move || browser.join().expect("browser thread"))
+        .await
+        .expect("join");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains(&format!("msg:{AUTHENTICATED}")),
+        "{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dom.contains("msg:to_the_browser"), "{dom}");
+    stack.finish();
+}
