@@ -7,16 +7,26 @@
 //! `authenticated`, then reads until the connection ends: pings are answered with the same
 //! payload, and each fan-out frame `b [phase,round,t_us]` records `now − t_us` in that phase's
 //! histogram.
+//!
+//! For the wss setups the same client runs over a rustls session (`Target::tls`: a client
+//! configuration trusting only the per-run test CA, server name `localhost`): the TLS stream is
+//! boxed so a plain client's task stays as small as before, and rustls keeps about one 4 KiB
+//! receive buffer per idle session.
 
 use crate::hist::Histogram;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use testkit::ws::{client_frame, opcode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// The custom message name the fan-out publishes (`notify_custom`, never debounced).
 pub const MESSAGE: &str = "b";
@@ -25,11 +35,70 @@ pub const CLIENTS_PER_SOURCE: usize = 8000;
 /// Fan-out phases measured separately (paced, flood).
 pub const PHASES: usize = 2;
 
-/// Where clients connect: `addr` and the upgrade path.
+/// Where clients connect: `addr`, the upgrade path, and for `wss://` the TLS configuration.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
+    /// `Some`: TLS to `addr`, verified as `localhost`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The server name the wss clients send (SNI) and verify (the test certificate's).
+pub const TLS_SERVER_NAME: &str = "localhost";
+
+/// One client connection: plain TCP or TLS over it.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Conn {
+    /// Writes all of `bytes` and flushes them (rustls may hold records until a flush).
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
 }
 
 /// One fan-out phase as the clients see it.
@@ -107,7 +176,7 @@ impl Stats {
         let counter = match &failure {
             Failure::Timeout => &self.failed_timeout,
             Failure::Http(_) => &self.failed_http,
-            Failure::Io(_) => &self.failed_io,
+            Failure::Io(_) | Failure::Tls(_) => &self.failed_io,
             Failure::Auth(_) => &self.failed_auth,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -120,6 +189,7 @@ impl Stats {
 #[derive(Debug)]
 enum Failure {
     Timeout,
+    Tls(String),
     Http(String),
     Io(String),
     Auth(String),
@@ -129,6 +199,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Timeout => write!(f, "connect+login timed out"),
+            Failure::Tls(e) => write!(f, "TLS handshake: {e}"),
             Failure::Http(head) => write!(f, "no 101: {head}"),
             Failure::Io(e) => write!(f, "I/O: {e}"),
             Failure::Auth(text) => write!(f, "login refused: {text}"),
@@ -198,17 +269,28 @@ async fn connect_and_login(
     login: &str,
     password: &str,
     buf: &mut Vec<u8>,
-) -> Result<TcpStream, Failure> {
+) -> Result<Conn, Failure> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((source, 0)))?;
-    let mut stream = socket.connect(target.addr).await?;
-    stream.set_nodelay(true)?;
+    let tcp = socket.connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut stream, host) = match &target.tls {
+        None => (Conn::Plain(tcp), target.addr.to_string()),
+        Some(config) => {
+            let name = ServerName::try_from(TLS_SERVER_NAME).expect("a valid server name");
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Failure::Tls(e.to_string()))?;
+            (Conn::Tls(Box::new(tls)), format!("{TLS_SERVER_NAME}:{}", target.addr.port()))
+        }
+    };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        target.path, target.addr
+        target.path
     );
-    stream.write_all(request.as_bytes()).await?;
+    stream.send(request.as_bytes()).await?;
     let head_end = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break pos + 4;
@@ -226,7 +308,7 @@ async fn connect_and_login(
     buf.drain(..head_end);
     let mut credentials = client_frame(opcode::TEXT, login.as_bytes());
     credentials.extend(client_frame(opcode::TEXT, password.as_bytes()));
-    stream.write_all(&credentials).await?;
+    stream.send(&credentials).await?;
     loop {
         while let Some((op, start, end)) = parse_frame(buf) {
             match op {
@@ -239,7 +321,7 @@ async fn connect_and_login(
                 }
                 opcode::PING => {
                     let pong = client_frame(opcode::PONG, &buf[start..end]);
-                    stream.write_all(&pong).await?;
+                    stream.send(&pong).await?;
                 }
                 opcode::CLOSE => return Err(Failure::Auth("close frame during login".into())),
                 _ => {}
@@ -253,7 +335,7 @@ async fn connect_and_login(
 }
 
 /// Reads until the server ends the connection (or the task is aborted).
-async fn serve(stream: &mut TcpStream, buf: &mut Vec<u8>, stats: &Stats) {
+async fn serve(stream: &mut Conn, buf: &mut Vec<u8>, stats: &Stats) {
     loop {
         let mut consumed = 0;
         while let Some((op, start, end)) = parse_frame(&buf[consumed..]) {
@@ -262,7 +344,7 @@ async fn serve(stream: &mut TcpStream, buf: &mut Vec<u8>, stats: &Stats) {
                 opcode::TEXT => on_text(&buf[start..end], stats),
                 opcode::PING => {
                     let pong = client_frame(opcode::PONG, &buf[start..end]);
-                    if stream.write_all(&pong).await.is_err() {
+                    if stream.send(&pong).await.is_err() {
                         return;
                     }
                 }

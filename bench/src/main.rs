@@ -1,6 +1,7 @@
 //! `scripts/bench`'s driver: N authenticated WebSocket clients through Apache with
 //! mod_nextcloud_push, against Apache + mod_proxy_wstunnel + the same engine on a TCP port, on
-//! loopback, in one run. See README.md "Benchmark" and `bench --help`.
+//! loopback, in one run, over plain `ws://` and over `wss://` through mod_ssl. See README.md
+//! "Benchmark" and `bench --help`.
 //!
 //! Every loop here is bounded in count and time: connects are capped per client and per ramp,
 //! deliveries are awaited up to a deadline (or until they stall), and the whole run has
@@ -33,8 +34,10 @@ bench: mod_nextcloud_push vs Apache + ProxyPass, side by side on loopback
 
   --clients 1000,10000    client counts N (users U = N/4), each against every setup
   --full                  also N = 50000
-  --setups LIST           module,proxy-debian,proxy-raised (default); also: direct (engine-tcp
-                          alone, no Apache)
+  --setups LIST           default: module,proxy-debian,proxy-raised (plain ws://) and
+                          module-wss,module-wss-bridged,proxy-wss-debian,proxy-wss-raised (wss://
+                          through mod_ssl; -bridged = NextcloudPushTlsHandoff Off); also: direct
+                          (engine-tcp alone, no Apache); groups: plain, wss, default
   --rounds K              paced fan-out: K broadcasts to every user (default 20)
   --rate HZ               paced fan-out broadcasts per second (default 10)
   --flood-rounds K        back-to-back broadcasts for messages/s (default 10)
@@ -103,12 +106,17 @@ fn parse_opts() -> Opts {
             }
             "--full" => full = true,
             "--setups" => {
-                o.setups = value()
-                    .split(',')
-                    .map(|s| {
-                        Kind::parse(s.trim()).unwrap_or_else(|| die(&format!("unknown setup {s}")))
-                    })
-                    .collect()
+                o.setups.clear();
+                for s in value().split(',') {
+                    let kinds = Kind::parse_list(s.trim())
+                        .unwrap_or_else(|| die(&format!("unknown setup {s}")));
+                    // each setup once, in the order first named
+                    for k in kinds {
+                        if !o.setups.contains(&k) {
+                            o.setups.push(k);
+                        }
+                    }
+                }
             }
             "--rounds" => o.rounds = num(&arg, value()),
             "--rate" => o.rate = num(&arg, value()),
@@ -252,11 +260,26 @@ async fn run_all(opts: Opts, warnings: Vec<String>) -> i32 {
         .unwrap_or_else(|| testkit::apache::target_dir().join("release/libmod_nextcloud_push.so"));
     // Apache resolves a relative LoadModule path against its ServerRoot (a tempdir).
     let module = std::fs::canonicalize(&module).unwrap_or(module);
-    if opts.setups.contains(&Kind::Module) && !module.is_file() {
+    if opts.setups.iter().any(|k| k.module()) && !module.is_file() {
         eprintln!("bench: module {} not built (cargo build --release)", module.display());
         return 1;
     }
     let double = NextcloudDouble::start(&[]);
+    let tls = if opts.setups.iter().any(|k| k.tls()) {
+        // openssl runs here; a panic of the fixture fails the wss setups, not the run
+        match tokio::task::spawn_blocking(setups::Tls::generate).await {
+            Ok(Ok(tls)) => Ok(Arc::new(tls)),
+            Ok(Err(why)) => Err(format!("no test CA: {why}")),
+            Err(e) => Err(format!("no test CA: {}", panic_text(e))),
+        }
+    } else {
+        Err("no TLS setup requested".into())
+    };
+    if let Err(why) = &tls {
+        if opts.setups.iter().any(|k| k.tls()) {
+            eprintln!("bench: {why}");
+        }
+    }
     let ctx = Arc::new(Ctx {
         apache_bin,
         module,
@@ -269,6 +292,7 @@ async fn run_all(opts: Opts, warnings: Vec<String>) -> i32 {
             .map(|w| w.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
         nextcloud_url: double.base_url(),
+        tls,
     });
     let max_users = opts.clients.iter().map(|n| (n / 4).max(1)).max().unwrap_or(1);
     for j in 0..max_users {
@@ -386,6 +410,8 @@ async fn measure(
     let m = Measurement::new(running, n, users, opts, base);
     let before = m.settle(redis).await?;
     result.mem_before = Some(before);
+    result.daemon_mem_before = running.daemon_pid.map(procs::mem);
+    result.driver_rss_before_kib = Some(procs::mem(std::process::id()).rss_kib);
     let mut clients = JoinSet::new();
     let probe = m.connect_probe(&mut clients).await;
     let ramp = m.connect_ramp(&mut clients, probe).await;
@@ -425,10 +451,7 @@ impl<'a> Measurement<'a> {
             opts,
             tck: procs::clk_tck() as f64,
             stats: Arc::new(Stats::new(base)),
-            target: Arc::new(Target {
-                addr: running.target.addr,
-                path: running.target.path.clone(),
-            }),
+            target: Arc::new(running.target.clone()),
         }
     }
 
@@ -579,6 +602,10 @@ impl<'a> Measurement<'a> {
         result.dropped_before_fanout = self.stats.dropped.load(Ordering::Relaxed);
         let after = procs::mem_sum(&self.running.server_pids());
         result.mem_after = Some(after);
+        result.daemon_mem_after = self.running.daemon_pid.map(procs::mem);
+        let apache = self.running.apache_pids();
+        result.apache_procs_idle = (!apache.is_empty()).then_some(apache.len());
+        result.driver_rss_kib = Some(procs::mem(std::process::id()).rss_kib);
         self.record_busy_workers(result);
         eprintln!(
             "  idle: {live} live, RSS {} → {} KiB, PSS {} → {} KiB, busy workers {:?}",
@@ -592,7 +619,10 @@ impl<'a> Measurement<'a> {
         let Some(addr) = self.running.status_addr() else {
             return;
         };
-        match tokio::task::block_in_place(|| procs::server_status(addr, Duration::from_secs(3))) {
+        let tls = self.running.status_tls();
+        match tokio::task::block_in_place(|| {
+            procs::server_status(addr, tls, Duration::from_secs(3))
+        }) {
             // the status request occupies one worker itself
             Ok(status) => result.busy_workers_idle = Some(status.busy_workers.saturating_sub(1)),
             Err(e) => {

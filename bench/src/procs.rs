@@ -2,8 +2,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 use testkit::apache::processes;
+use tokio_rustls::rustls;
 
 /// `pid` and every descendant of it, zombies included: a zombie has no memory left but keeps
 /// its CPU times until its parent reaps it (then they move to the parent's cutime/cstime), so
@@ -98,17 +100,28 @@ pub struct Status {
     pub busy_workers: u64,
 }
 
-/// Fetches `/server-status?auto` (bounded by `timeout`): `Err` when no worker answers.
-pub fn server_status(addr: SocketAddr, timeout: Duration) -> Result<Status, String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+/// Fetches `/server-status?auto` (bounded by `timeout`), over https when `tls` is given
+/// (verified as `localhost`): `Err` when no worker answers.
+pub fn server_status(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<Status, String> {
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.write_all(
-        b"GET /server-status?auto HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("no answer within {timeout:?} ({e})"))?;
+    let request: &[u8] =
+        b"GET /server-status?auto HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let raw = match tls {
+        None => exchange(s, request, timeout)?,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(crate::client::TLS_SERVER_NAME)
+                .map_err(|e| e.to_string())?;
+            let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+            // The handshake runs within the first write and read, under the socket's timeouts.
+            exchange(rustls::StreamOwned::new(conn, s), request, timeout)?
+        }
+    };
     let text = String::from_utf8_lossy(&raw);
     let field =
         |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
@@ -120,6 +133,28 @@ pub fn server_status(addr: SocketAddr, timeout: Duration) -> Result<Status, Stri
         ));
     };
     Ok(Status { busy_workers })
+}
+
+/// Sends `request`, reads until the peer closes (a TLS peer that closes without close_notify
+/// still counts as closed once something arrived).
+fn exchange(
+    mut s: impl Read + Write,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    s.write_all(request).and_then(|()| s.flush()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // bounded: each read waits at most `timeout`, and the answer is capped at 1 MiB
+    while raw.len() < 1 << 20 {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(_) if !raw.is_empty() => break,
+            Err(e) => return Err(format!("no answer within {timeout:?} ({e})")),
+        }
+    }
+    Ok(raw)
 }
 
 /// A one-line kernel setting (`/proc/sys/...`), trimmed.

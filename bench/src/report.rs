@@ -24,6 +24,14 @@ pub struct SetupResult {
     pub connect_p99_ms: Option<f64>,
     pub mem_before: Option<Mem>,
     pub mem_after: Option<Mem>,
+    /// The push daemon's (or engine-tcp's) share of `mem_before`/`mem_after`.
+    pub daemon_mem_before: Option<Mem>,
+    pub daemon_mem_after: Option<Mem>,
+    /// Apache's processes (without the daemon) at the idle snapshot.
+    pub apache_procs_idle: Option<usize>,
+    /// This load generator's RSS before the connects and at the idle snapshot.
+    pub driver_rss_before_kib: Option<u64>,
+    pub driver_rss_kib: Option<u64>,
     pub busy_workers_idle: Option<u64>,
     pub idle_cpu_daemon_pct: Option<f64>,
     pub idle_cpu_apache_pct: Option<f64>,
@@ -72,6 +80,11 @@ impl SetupResult {
             connect_p99_ms: None,
             mem_before: None,
             mem_after: None,
+            daemon_mem_before: None,
+            daemon_mem_after: None,
+            apache_procs_idle: None,
+            driver_rss_before_kib: None,
+            driver_rss_kib: None,
             busy_workers_idle: None,
             idle_cpu_daemon_pct: None,
             idle_cpu_apache_pct: None,
@@ -122,6 +135,13 @@ impl SetupResult {
         ))
     }
 
+    /// PSS KiB per connected client of the daemon (or engine-tcp) alone.
+    pub fn daemon_pss_per_client_kib(&self) -> Option<f64> {
+        let (before, after) = (self.daemon_mem_before?, self.daemon_mem_after?);
+        (self.connected > 0)
+            .then(|| (after.pss_kib as f64 - before.pss_kib as f64) / self.connected as f64)
+    }
+
     pub fn json(&self) -> Value {
         let per = self.per_client_kib();
         json!({
@@ -145,6 +165,12 @@ impl SetupResult {
             "pss_after_kib": self.mem_after.map(|m| m.pss_kib),
             "rss_per_client_kib": round(per.map(|p| p.0)),
             "pss_per_client_kib": round(per.map(|p| p.1)),
+            "daemon_pss_before_kib": self.daemon_mem_before.map(|m| m.pss_kib),
+            "daemon_pss_after_kib": self.daemon_mem_after.map(|m| m.pss_kib),
+            "daemon_pss_per_client_kib": round(self.daemon_pss_per_client_kib()),
+            "apache_procs_idle": self.apache_procs_idle,
+            "driver_rss_before_kib": self.driver_rss_before_kib,
+            "driver_rss_kib": self.driver_rss_kib,
             "busy_workers_idle": self.busy_workers_idle,
             "idle_cpu_daemon_pct": round(self.idle_cpu_daemon_pct),
             "idle_cpu_apache_pct": round(self.idle_cpu_apache_pct),
@@ -196,6 +222,7 @@ fn figures() -> Vec<Figure> {
         Figure { label: "ramp connects/s", get: |r| r.ramp_connects_per_s },
         Figure { label: "RSS per idle client KiB", get: |r| r.per_client_kib().map(|p| p.0) },
         Figure { label: "PSS per idle client KiB", get: |r| r.per_client_kib().map(|p| p.1) },
+        Figure { label: "  of which daemon/engine", get: |r| r.daemon_pss_per_client_kib() },
         Figure {
             label: "RSS total after MiB",
             get: |r| r.mem_after.map(|m| m.rss_kib as f64 / 1024.0),
@@ -207,6 +234,14 @@ fn figures() -> Vec<Figure> {
         Figure {
             label: "Apache workers busy idle",
             get: |r| r.busy_workers_idle.map(|v| v as f64),
+        },
+        Figure { label: "Apache processes idle", get: |r| r.apache_procs_idle.map(|v| v as f64) },
+        Figure {
+            label: "load generator RSS KiB per client",
+            get: |r| {
+                let (before, after) = (r.driver_rss_before_kib?, r.driver_rss_kib?);
+                (r.connected > 0).then(|| (after as f64 - before as f64) / r.connected as f64)
+            },
         },
         Figure { label: "idle CPU % daemon/engine", get: |r| r.idle_cpu_daemon_pct },
         Figure { label: "idle CPU % Apache", get: |r| r.idle_cpu_apache_pct },
@@ -257,16 +292,38 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The human table: per N, one column per setup, then module/other ratios.
+/// The ratios shown, each `base / other` with its column label: the module against the
+/// ProxyPass setups over plain ws, module-wss against the ProxyPass setups over wss, against
+/// itself with the TLS handoff off, and against plain `module` (what TLS costs it).
+const COMPARISONS: [(Kind, Kind, &str); 7] = [
+    (Kind::Module, Kind::ProxyDebian, "mod/debian"),
+    (Kind::Module, Kind::ProxyRaised, "mod/raised"),
+    (Kind::Module, Kind::Direct, "mod/direct"),
+    (Kind::ModuleWss, Kind::ProxyWssDebian, "wss/wss-debian"),
+    (Kind::ModuleWss, Kind::ProxyWssRaised, "wss/wss-raised"),
+    (Kind::ModuleWss, Kind::ModuleWssBridged, "wss/bridged"),
+    (Kind::ModuleWss, Kind::Module, "wss/module"),
+];
+
+/// The comparisons both of whose setups are in `group`.
+fn comparisons<'a>(
+    group: &[&'a SetupResult],
+) -> Vec<(&'a SetupResult, &'a SetupResult, &'static str)> {
+    let find = |kind: Kind| group.iter().find(|r| r.kind == kind).copied();
+    COMPARISONS
+        .iter()
+        .filter_map(|&(base, other, label)| Some((find(base)?, find(other)?, label)))
+        .collect()
+}
+
+/// The human table: per N, one column per setup; then the ratios, one column per comparison
+/// (plain and wss side by side).
 pub fn table(results: &[SetupResult]) -> String {
     let mut out = String::new();
     let mut ns: Vec<usize> = results.iter().map(|r| r.clients).collect();
     ns.dedup();
     for n in ns {
         let group: Vec<&SetupResult> = results.iter().filter(|r| r.clients == n).collect();
-        let module = group.iter().find(|r| r.kind == Kind::Module).copied();
-        let others: Vec<&SetupResult> =
-            group.iter().filter(|r| r.kind != Kind::Module).copied().collect();
         let users = group.first().map(|r| r.users).unwrap_or(0);
         let _ = write!(out, "N = {n} clients, U = {users} users");
         for r in &group {
@@ -275,36 +332,38 @@ pub fn table(results: &[SetupResult]) -> String {
             }
         }
         out.push('\n');
+        let widths: Vec<usize> = group.iter().map(|r| (r.kind.name().len() + 2).max(12)).collect();
         let _ = write!(out, "{:36}", "");
-        for r in &group {
-            let _ = write!(out, "{:>14}", r.kind.name());
-        }
-        if module.is_some() {
-            for o in &others {
-                let _ = write!(
-                    out,
-                    "{:>16}",
-                    format!("mod/{}", o.kind.name().trim_start_matches("proxy-"))
-                );
-            }
+        for (r, w) in group.iter().zip(&widths) {
+            let _ = write!(out, "{:>w$}", r.kind.name());
         }
         out.push('\n');
         for f in figures() {
             let _ = write!(out, "{:36}", f.label);
-            for r in &group {
-                let _ = write!(out, "{:>14}", cell((f.get)(r)));
+            for (r, w) in group.iter().zip(&widths) {
+                let _ = write!(out, "{:>w$}", cell((f.get)(r)));
             }
-            if let Some(m) = module {
-                for o in &others {
-                    let r = ratio((f.get)(m), (f.get)(o));
+            out.push('\n');
+        }
+        let pairs = comparisons(&group);
+        if !pairs.is_empty() {
+            let _ = write!(out, "\n{:36}", "ratios (left / right setup)");
+            for (_, _, label) in &pairs {
+                let _ = write!(out, "{label:>16}");
+            }
+            out.push('\n');
+            for f in figures() {
+                let _ = write!(out, "{:36}", f.label);
+                for (base, other, _) in &pairs {
+                    let r = ratio((f.get)(base), (f.get)(other));
                     let _ = write!(
                         out,
                         "{:>16}",
                         r.map(|r| format!("{}x", cell(Some(r)))).unwrap_or("-".into())
                     );
                 }
+                out.push('\n');
             }
-            out.push('\n');
         }
         for r in &group {
             if let Some(e) = &r.error {
@@ -324,18 +383,24 @@ pub fn table(results: &[SetupResult]) -> String {
     out
 }
 
-/// One JSON line per (N, other setup): every figure as module / other.
+/// One JSON line per (N, comparison): every figure as base / other.
 pub fn ratio_json(results: &[SetupResult]) -> Vec<String> {
+    let mut ns: Vec<usize> = results.iter().map(|r| r.clients).collect();
+    ns.dedup();
     let mut lines = Vec::new();
-    for m in results.iter().filter(|r| r.kind == Kind::Module) {
-        for o in results.iter().filter(|r| r.clients == m.clients && r.kind != Kind::Module) {
+    for n in ns {
+        let group: Vec<&SetupResult> = results.iter().filter(|r| r.clients == n).collect();
+        for (base, other, _) in comparisons(&group) {
             let mut map = serde_json::Map::new();
-            map.insert("ratio".into(), json!(format!("module/{}", o.kind.name())));
-            map.insert("clients".into(), json!(m.clients));
+            map.insert(
+                "ratio".into(),
+                json!(format!("{}/{}", base.kind.name(), other.kind.name())),
+            );
+            map.insert("clients".into(), json!(n));
             for f in figures() {
                 let key = f.label.replace(['%', '+', '/', '(', ')'], " ");
                 let key = key.split_whitespace().collect::<Vec<_>>().join("_").to_lowercase();
-                map.insert(key, json!(round(ratio((f.get)(m), (f.get)(o)))));
+                map.insert(key, json!(round(ratio((f.get)(base), (f.get)(other)))));
             }
             lines.push(Value::Object(map).to_string());
         }
@@ -362,10 +427,36 @@ mod tests {
         let t = table(&[m.clone(), p.clone()]);
         assert!(t.contains("clients connected"), "{t}");
         assert!(t.contains("2.00x"), "{t}");
-        let r = ratio_json(&[m, p]);
+        let r = ratio_json(&[m.clone(), p.clone()]);
         assert_eq!(r.len(), 1);
         let v: Value = serde_json::from_str(&r[0]).unwrap();
+        assert_eq!(v["ratio"], json!("module/proxy-debian"));
         assert_eq!(v["clients_connected"], json!(2.0));
         assert_eq!(v["rss_per_idle_client_kib"], json!(0.1));
+
+        // wss: module-wss against proxy-wss-debian and against plain module, next to the plain
+        // ratio; no pair across N.
+        let mut w = m.clone();
+        w.kind = Kind::ModuleWss;
+        w.connected = 25;
+        let mut pw = p.clone();
+        pw.kind = Kind::ProxyWssDebian;
+        let mut other_n = SetupResult::new(Kind::ProxyWssRaised, 200, 50);
+        other_n.connected = 200;
+        let all = [m, p, w, pw, other_n];
+        let t = table(&all);
+        for needle in ["mod/debian", "wss/wss-debian", "wss/module", "0.50x", "0.25x"] {
+            assert!(t.contains(needle), "{needle} in\n{t}");
+        }
+        assert!(!t.contains("wss/wss-raised"), "{t}");
+        let r = ratio_json(&all);
+        let names: Vec<String> = r
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["ratio"].as_str().unwrap().into())
+            .collect();
+        assert_eq!(
+            names,
+            ["module/proxy-debian", "module-wss/proxy-wss-debian", "module-wss/module"]
+        );
     }
 }

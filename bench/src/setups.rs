@@ -6,10 +6,15 @@
 //!   module's own engine on a TCP port), what notify_push's README tells Apache users to do;
 //! - `proxy-raised`: the same with MaxRequestWorkers/ThreadsPerChild/ServerLimit sized to the
 //!   client count (as far as the machine's pid_max allows);
-//! - `direct`: clients straight to `engine-tcp`, no Apache (the engine alone, for profiling).
+//! - `direct`: clients straight to `engine-tcp`, no Apache (the engine alone, for profiling);
+//! - `module-wss`, `module-wss-bridged`, `proxy-wss-debian`, `proxy-wss-raised`: `module`,
+//!   `module` with `NextcloudPushTlsHandoff Off`, `proxy-debian` and `proxy-raised` with the
+//!   vhost behind mod_ssl (the per-run test CA's `localhost` certificate, EC P-256, so TLS 1.3
+//!   with rustls clients); the clients speak `wss://`.
 //!
-//! Every server gets mod_status (`ExtendedStatus On`, `/server-status`), `LogLevel warn` (the
-//! harness default logs every session at debug) and the same generated config.php.
+//! Every server gets mod_status (`ExtendedStatus On`, `/server-status`, over https on the TLS
+//! vhost of the wss setups), `LogLevel warn` (the harness default logs every session at debug)
+//! and the same generated config.php.
 
 use crate::client::Target;
 use crate::procs;
@@ -17,9 +22,12 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::apache::{Apache, ApacheBuilder, Env, Mode, Mpm, ServerRoot, MODULES_DIR};
 use testkit::redis::RedisServer;
+use testkit::tls::TestCa;
+use tokio_rustls::rustls;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -27,10 +35,35 @@ pub enum Kind {
     ProxyDebian,
     ProxyRaised,
     Direct,
+    ModuleWss,
+    ModuleWssBridged,
+    ProxyWssDebian,
+    ProxyWssRaised,
 }
 
 impl Kind {
-    pub const DEFAULT: [Kind; 3] = [Kind::Module, Kind::ProxyDebian, Kind::ProxyRaised];
+    pub const ALL: [Kind; 8] = [
+        Kind::Module,
+        Kind::ProxyDebian,
+        Kind::ProxyRaised,
+        Kind::Direct,
+        Kind::ModuleWss,
+        Kind::ModuleWssBridged,
+        Kind::ProxyWssDebian,
+        Kind::ProxyWssRaised,
+    ];
+    pub const PLAIN: [Kind; 3] = [Kind::Module, Kind::ProxyDebian, Kind::ProxyRaised];
+    pub const WSS: [Kind; 4] =
+        [Kind::ModuleWss, Kind::ModuleWssBridged, Kind::ProxyWssDebian, Kind::ProxyWssRaised];
+    pub const DEFAULT: [Kind; 7] = [
+        Kind::Module,
+        Kind::ProxyDebian,
+        Kind::ProxyRaised,
+        Kind::ModuleWss,
+        Kind::ModuleWssBridged,
+        Kind::ProxyWssDebian,
+        Kind::ProxyWssRaised,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,18 +71,57 @@ impl Kind {
             Kind::ProxyDebian => "proxy-debian",
             Kind::ProxyRaised => "proxy-raised",
             Kind::Direct => "direct",
+            Kind::ModuleWss => "module-wss",
+            Kind::ModuleWssBridged => "module-wss-bridged",
+            Kind::ProxyWssDebian => "proxy-wss-debian",
+            Kind::ProxyWssRaised => "proxy-wss-raised",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Module, Kind::ProxyDebian, Kind::ProxyRaised, Kind::Direct]
-            .into_iter()
-            .find(|k| k.name() == s)
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// `--setups` accepts a setup name or one of the groups `plain`, `wss`, `default`.
+    pub fn parse_list(s: &str) -> Option<Vec<Kind>> {
+        match s {
+            "plain" => Some(Kind::PLAIN.to_vec()),
+            "wss" => Some(Kind::WSS.to_vec()),
+            "default" => Some(Kind::DEFAULT.to_vec()),
+            name => Kind::parse(name).map(|k| vec![k]),
+        }
+    }
+
+    /// Clients speak `wss://` through mod_ssl.
+    pub fn tls(self) -> bool {
+        Kind::WSS.contains(&self)
+    }
+
+    /// The module serves push (no ProxyPass, no engine-tcp).
+    pub fn module(self) -> bool {
+        matches!(self, Kind::Module | Kind::ModuleWss | Kind::ModuleWssBridged)
+    }
+}
+
+/// The per-run test CA and the load generator's client configuration trusting only it.
+pub struct Tls {
+    pub ca: TestCa,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    /// Runs `openssl` for the CA and the `localhost` certificate (EC P-256). The clients do no
+    /// session resumption: every wss client pays a full handshake, as N distinct devices would.
+    pub fn generate() -> Result<Tls, String> {
+        let ca = TestCa::generate().map_err(|s| s.to_string())?;
+        let mut client = (*ca.client_config()).clone();
+        client.resumption = rustls::client::Resumption::disabled();
+        Ok(Tls { ca, client: Arc::new(client) })
     }
 }
 
 /// Binaries and the Nextcloud double every setup shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Ctx {
     pub apache_bin: PathBuf,
     pub module: PathBuf,
@@ -57,6 +129,8 @@ pub struct Ctx {
     /// Prefix for engine-tcp (`BENCH_ENGINE_WRAPPER`, e.g. `valgrind --tool=callgrind`).
     pub engine_wrapper: Vec<String>,
     pub nextcloud_url: String,
+    /// For the wss setups: `Err` says why there is none (they then fail with that reason).
+    pub tls: Result<Arc<Tls>, String>,
 }
 
 /// Threads per Apache child in the raised-limits setup.
@@ -95,6 +169,11 @@ impl Running {
 
     pub fn status_addr(&self) -> Option<SocketAddr> {
         self.apache.as_ref().and_then(|a| a.0.as_ref()).map(|a| a.addr())
+    }
+
+    /// How `/server-status` is reached: over https (verified as `localhost`) on the TLS vhost.
+    pub fn status_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.target.tls.clone()
     }
 
     /// Stops Apache and engine-tcp; returns the warn-or-worse lines Apache logged (the harness'
@@ -215,66 +294,72 @@ pub async fn start(
     ctx: &Ctx,
 ) -> Result<Running, String> {
     let push_path = "/push/ws".to_string();
-    match kind {
-        Kind::Module => {
-            let env = Env { apache_bin: ctx.apache_bin.clone(), module: Some(ctx.module.clone()) };
-            let builder = debian_event(common(Apache::builder(&env), redis, ctx));
-            let mut apache = builder.start(Mode::Foreground).await;
-            let daemon_pid = apache.daemon_pid();
-            Ok(Running {
-                target: Target { addr: apache.addr(), path: push_path },
-                apache_pid: Some(apache.pid()),
-                apache: Some(ApacheGuard(Some(apache))),
-                daemon_pid,
-                max_request_workers: Some(150),
-                notes: Vec::new(),
-                engine: None,
-                _root: None,
-            })
+    let tls = if kind.tls() { Some(ctx.tls.clone()?) } else { None };
+    // mod_ssl on the one vhost that serves push and /server-status.
+    let with_tls = |builder: ApacheBuilder| match &tls {
+        Some(tls) => tls.ca.configure(builder),
+        None => builder,
+    };
+    let client_tls = tls.as_ref().map(|t| t.client.clone());
+    if kind.module() {
+        let env = Env { apache_bin: ctx.apache_bin.clone(), module: Some(ctx.module.clone()) };
+        let mut builder = with_tls(debian_event(common(Apache::builder(&env), redis, ctx)));
+        if kind == Kind::ModuleWssBridged {
+            builder = builder.vhost_line("NextcloudPushTlsHandoff Off");
         }
-        Kind::ProxyDebian | Kind::ProxyRaised | Kind::Direct => {
-            let env = Env { apache_bin: ctx.apache_bin.clone(), module: None };
-            // A rendered server root only for its config.php: engine-tcp reads exactly the
-            // file the module would read.
-            let root = common(Apache::builder(&env), redis, ctx).render();
-            let engine =
-                EngineProc::spawn(ctx, &root.config_php, &root.path().join("logs/engine-tcp.log"))?;
-            let engine_addr = engine.addr;
-            let daemon_pid = Some(engine.pid());
-            if kind == Kind::Direct {
-                return Ok(Running {
-                    target: Target { addr: engine_addr, path: push_path },
-                    apache: None,
-                    apache_pid: None,
-                    daemon_pid,
-                    max_request_workers: None,
-                    notes: Vec::new(),
-                    engine: Some(engine),
-                    _root: Some(root),
-                });
-            }
-            let mut notes = Vec::new();
-            let builder = proxy_lines(common(Apache::builder(&env), redis, ctx), engine_addr);
-            let (builder, workers) = if kind == Kind::ProxyDebian {
-                (debian_event(builder), 150)
-            } else {
-                let (workers, note) = raised_workers(clients);
-                notes.extend(note);
-                (raised_event(builder, workers), workers)
-            };
-            let apache = builder.start(Mode::Foreground).await;
-            Ok(Running {
-                target: Target { addr: apache.addr(), path: push_path },
-                apache_pid: Some(apache.pid()),
-                apache: Some(ApacheGuard(Some(apache))),
-                daemon_pid,
-                max_request_workers: Some(workers),
-                notes,
-                engine: Some(engine),
-                _root: Some(root),
-            })
-        }
+        let mut apache = builder.start(Mode::Foreground).await;
+        let daemon_pid = apache.daemon_pid();
+        return Ok(Running {
+            target: Target { addr: apache.addr(), path: push_path, tls: client_tls },
+            apache_pid: Some(apache.pid()),
+            apache: Some(ApacheGuard(Some(apache))),
+            daemon_pid,
+            max_request_workers: Some(150),
+            notes: Vec::new(),
+            engine: None,
+            _root: None,
+        });
     }
+    let env = Env { apache_bin: ctx.apache_bin.clone(), module: None };
+    // A rendered server root only for its config.php: engine-tcp reads exactly the file the
+    // module would read.
+    let root = common(Apache::builder(&env), redis, ctx).render();
+    let engine =
+        EngineProc::spawn(ctx, &root.config_php, &root.path().join("logs/engine-tcp.log"))?;
+    let engine_addr = engine.addr;
+    let daemon_pid = Some(engine.pid());
+    if kind == Kind::Direct {
+        return Ok(Running {
+            target: Target { addr: engine_addr, path: push_path, tls: None },
+            apache: None,
+            apache_pid: None,
+            daemon_pid,
+            max_request_workers: None,
+            notes: Vec::new(),
+            engine: Some(engine),
+            _root: Some(root),
+        });
+    }
+    let mut notes = Vec::new();
+    let builder = with_tls(proxy_lines(common(Apache::builder(&env), redis, ctx), engine_addr));
+    let (builder, workers) = if matches!(kind, Kind::ProxyDebian | Kind::ProxyWssDebian) {
+        (debian_event(builder), 150)
+    } else {
+        let (workers, note) = raised_workers(clients);
+        notes.extend(note);
+        (raised_event(builder, workers), workers)
+    };
+    let apache = builder.start(Mode::Foreground).await;
+    Ok(Running {
+        target: Target { addr: apache.addr(), path: push_path, tls: client_tls },
+        apache_pid: Some(apache.pid()),
+        apache: Some(ApacheGuard(Some(apache))),
+        daemon_pid,
+        max_request_workers: Some(workers),
+        notes,
+        engine: Some(engine),
+        _root: Some(root),
+    })
 }
 
 /// A running `engine-tcp` child. Its stdin is a pipe it watches: when this process goes away
