@@ -73,6 +73,8 @@ pub enum NextcloudError {
     Client(reqwest::StatusCode),
     #[error("Unexpected status code: {0}")]
     Unexpected(reqwest::StatusCode),
+    #[error("the push server is shutting down")]
+    Closed,
 }
 
 /// Bad payloads on a Redis channel.

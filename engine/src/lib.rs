@@ -234,6 +234,7 @@ impl Engine {
     /// session has ended or after `timing.shutdown_grace`, whichever comes first.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.close_nextcloud_connections();
         self.cancel.cancel();
         let _ = self.signals.send(Signal::Shutdown);
         let mut sessions = self.sessions.subscribe();
@@ -248,6 +249,14 @@ impl Engine {
                 *self.sessions.borrow()
             );
         }
+    }
+
+    /// Closes the idle keep-alive connections to Nextcloud now; later calls to Nextcloud fail
+    /// (no session logs in once the engine stops). [`Engine::shutdown`] starts with this; the
+    /// daemon calls it first when Apache stops, so the connections end while Apache's children
+    /// still run normally.
+    pub fn close_nextcloud_connections(&self) {
+        self.nextcloud.close();
     }
 
     /// Sends Close 1001 to every bridged session ([`Handoff::bridged`]: their Apache workers are

@@ -24,9 +24,9 @@ pub struct NextcloudRoute {
 /// Upper bound of each self-test call to Nextcloud.
 const TEST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone)]
 pub(crate) struct NextcloudClient {
-    http: reqwest::Client,
+    /// `None` once [`NextcloudClient::close`] dropped it (and its idle connections).
+    http: std::sync::RwLock<Option<reqwest::Client>>,
     uid_url: String,
     base_url: String,
     vouch: Option<VouchKey>,
@@ -66,11 +66,26 @@ impl NextcloudClient {
         }
         let http = builder.build()?;
         Ok(NextcloudClient {
-            http,
+            http: std::sync::RwLock::new(Some(http)),
             uid_url: format!("{base_url}index.php/apps/notify_push/uid"),
             base_url: base_url.to_owned(),
             vouch,
         })
+    }
+
+    /// The HTTP client (a cheap handle), or [`NextcloudError::Closed`] after [`Self::close`].
+    fn http(&self) -> Result<reqwest::Client, NextcloudError> {
+        self.http.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(NextcloudError::Closed)
+    }
+
+    /// Closes the idle keep-alive connections to Nextcloud (through this Apache, usually) now,
+    /// at the start of a stop, rather than when the process ends: Apache's event MPM stops its
+    /// children right after the daemon's answer, and a worker still finishing such a
+    /// connection then races httpd's `close_worker_sockets` (a child segfault at stop). Calls
+    /// after this fail with [`NextcloudError::Closed`]; a request in flight keeps its own
+    /// connection until it ends.
+    pub fn close(&self) {
+        drop(self.http.write().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// Adds the vouching header for `client` when this client vouches.
@@ -93,7 +108,8 @@ impl NextcloudClient {
     /// the incumbent answers with (spec §5).
     pub async fn test_cookie(&self, token: &str) -> Result<u32, String> {
         let response = self
-            .http
+            .http()
+            .map_err(|e| e.to_string())?
             .get(self.test_url("cookie"))
             .header("token", token)
             .header(reqwest::header::ACCEPT, "*/*")
@@ -122,7 +138,8 @@ impl NextcloudClient {
     /// vouch for `ip`; the address Nextcloud resolved, or the error text.
     pub async fn test_remote(&self, ip: IpAddr, token: &str) -> Result<IpAddr, String> {
         let request = self
-            .http
+            .http()
+            .map_err(|e| e.to_string())?
             .get(self.test_url("remote"))
             .header("X-Forwarded-For", ip.to_string())
             .header("token", token)
@@ -143,7 +160,8 @@ impl NextcloudClient {
     /// `GET …/test/version` (no token): Nextcloud writes Redis `notify_push_app_version`.
     pub async fn request_app_version(&self) -> Result<(), String> {
         let response = self
-            .http
+            .http()
+            .map_err(|e| e.to_string())?
             .get(self.test_url("version"))
             .header(reqwest::header::ACCEPT, "*/*")
             .timeout(TEST_CALL_TIMEOUT)
@@ -161,7 +179,7 @@ impl NextcloudClient {
         chain: &[IpAddr],
     ) -> Result<String, AuthError> {
         let response = self
-            .http
+            .http()?
             .get(&self.uid_url)
             .basic_auth(username, Some(password))
             .header("X-Forwarded-For", join_chain(chain))

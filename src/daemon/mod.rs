@@ -35,6 +35,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub const EXIT_STARTUP_FAILED: i32 = 3;
 /// Upper bound of the whole shutdown (engines send close frames and wait for their sessions).
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
+/// After closing its connections to Nextcloud (through Apache), how long the daemon lets
+/// Apache's workers finish them before it releases a stopping parent.
+const CONNECTIONS_SETTLE: Duration = Duration::from_millis(100);
 
 pub struct DaemonSetup {
     /// Bound and listening (as root, then chowned to `User`), blocking.
@@ -285,6 +288,13 @@ async fn close_bridged(state: &State, parent: Option<&mut UnixStream>) {
 /// for a stop notice's answer gets it when the sessions have ended or after
 /// [`notice::ACK_AFTER`].
 async fn shut_down(stop: Stop, state: &State) {
+    // The idle connections to Nextcloud (through this Apache) close first, while Apache's
+    // children still run normally: closed at exit, right when the parent stops the children,
+    // a worker finishing one raced the event MPM's close_worker_sockets (a child segfault).
+    for engine in &state.engines {
+        engine.close_nextcloud_connections();
+    }
+    let closed = tokio::time::Instant::now();
     log::info!(
         target: "nextcloud_push::daemon",
         "NCP0102: push daemon stopping, closing {} session(s)",
@@ -300,6 +310,8 @@ async fn shut_down(stop: Stop, state: &State) {
             _ = &mut all => {}
             _ = tokio::time::sleep(notice::ACK_AFTER) => {}
         }
+        // Time for Apache's workers to see those connections end before the children stop.
+        tokio::time::sleep_until(closed + CONNECTIONS_SETTLE).await;
         let _ = parent.write_all(&[notice::DONE]).await;
         drop(parent);
     }
