@@ -141,6 +141,8 @@ pub struct Runtime {
     pub vouch_key: Option<nextcloud_push_engine::vouch::VouchKey>,
     /// `post_config`: how many wss sessions workers may bridge at once (sent in bridged Hellos).
     pub max_bridged: Option<u32>,
+    /// `post_config`: a push daemon runs for this configuration (`server-status` asks it).
+    pub daemon: bool,
 }
 
 /// The directive values of one server. `None` = not set here.

@@ -690,3 +690,62 @@ async fn a_bridged_session_relays_what_follows_a_key_update_at_once() {
     }
     stack.finish();
 }
+
+/// `server-status` has a push section (HTML and `?auto`) with the daemon's sessions by
+/// transport and the state of Redis; a stopped daemon (SIGSTOP) shows as unreachable within
+/// the bound instead of stalling the page, and a Redis outage shows as `down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_status_shows_push_sessions_and_links() {
+    let (ca, mut stack) = require!(tls_stack(Mpm::Event, with_status).await);
+    let port = stack.apache.port();
+    let mut clients = Vec::new();
+    for user in [ALICE, BOB] {
+        clients.push(wss_login(&ca, &stack, user).await);
+    }
+    let auto = https_get(&ca, port, "/server-status?auto", T).await.expect("status");
+    for line in [
+        "NextcloudPushDaemon: running",
+        "NextcloudPushSessionsTLS: 2",
+        "NextcloudPushSessionsBridged: 0",
+        "NextcloudPushInstances: 1",
+        "NextcloudPushInstance0Connections: 2",
+        "NextcloudPushInstance0Users: 2",
+        "NextcloudPushInstance0Redis: up",
+    ] {
+        assert!(auto.lines().any(|l| l == line), "missing {line:?} in\n{auto}");
+    }
+    let page = https_get(&ca, port, "/server-status", T).await.expect("status page");
+    assert!(page.contains("<h2>Nextcloud push (mod_nextcloud_push)</h2>"), "{page}");
+    assert!(page.contains("2 TLS (handed over)"), "{page}");
+
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    let signal = |sig: &str| {
+        let _ = std::process::Command::new("kill").args([sig, &daemon.to_string()]).status();
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let stalled = https_get(&ca, port, "/server-status?auto", Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    signal("-CONT");
+    let stalled = stalled.expect("server-status answers with a stopped daemon");
+    assert!(stalled.contains("NextcloudPushDaemon: unreachable"), "{stalled}");
+    assert!(stalled.contains("BusyWorkers: "), "the rest of the page is there");
+    assert!(took < Duration::from_secs(3), "server-status took {took:?} with a stopped daemon");
+
+    stack.redis.stop();
+    stack.apache.allow("NCP1001");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let auto = https_get(&ca, port, "/server-status?auto", T).await.expect("status");
+        if auto.lines().any(|l| l == "NextcloudPushInstance0Redis: down") {
+            assert!(auto.contains("NextcloudPushInstance0RedisLastError: "), "{auto}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Redis never shown down:\n{auto}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in clients {
+        c.close().await;
+    }
+    stack.finish();
+}

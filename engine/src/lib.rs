@@ -17,6 +17,7 @@ pub mod db;
 pub mod error;
 mod event;
 mod handshake;
+pub mod health;
 mod ip;
 pub mod log_ids;
 mod message;
@@ -106,6 +107,8 @@ pub struct Engine {
     storage_updates_rx: Mutex<Option<tokio::sync::mpsc::Receiver<redis_listener::StorageUpdate>>>,
     /// Self-test support: pub/sub round trips, runtime log level (engine/src/selftest.rs).
     selftest: selftest::State,
+    /// The pub/sub connection's state, for `server-status`.
+    redis_link: health::Link,
 }
 
 impl std::fmt::Debug for Engine {
@@ -164,6 +167,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             storage_mapping: RwLock::new(storage_mapping),
             selftest: selftest::State::default(),
+            redis_link: health::Link::default(),
         }))
     }
 
@@ -255,6 +259,12 @@ impl Engine {
     /// (no session logs in once the engine stops). [`Engine::shutdown`] starts with this; the
     /// daemon calls it first when Apache stops, so the connections end while Apache's children
     /// still run normally.
+    /// Redis and the database: up or down, since when, the last error (for `server-status`).
+    pub fn health(&self) -> health::Health {
+        let database = self.storage_mapping.read().ok().and_then(|m| m.link());
+        health::Health { redis: self.redis_link.state(), database }
+    }
+
     pub fn close_nextcloud_connections(&self) {
         self.nextcloud.close();
     }

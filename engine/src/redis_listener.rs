@@ -33,6 +33,7 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
         };
         match connected {
             Ok((mut sink, mut stream)) => {
+                engine.redis_link.up();
                 if outage {
                     log::info!(target: TARGET, "NCP1002: Redis at {url} is back, subscribed again");
                 } else {
@@ -78,6 +79,7 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                 if cancel.is_cancelled() {
                     return;
                 }
+                engine.redis_link.down(&reason);
                 log::warn!(
                     target: TARGET,
                     "NCP1001: Redis server at {url} disconnected ({reason}), reconnecting in {}s; events published meanwhile are lost",
@@ -89,6 +91,7 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                 if cancel.is_cancelled() {
                     return;
                 }
+                engine.redis_link.down(&e.to_string());
                 if outage {
                     log::debug!(target: TARGET, "Redis at {url} still unreachable: {e}");
                 } else {

@@ -24,6 +24,11 @@ pub trait StorageMapping: Send + Sync + 'static {
     fn root_count(&self, _storage: u32) -> BoxFuture<'_, u64> {
         Box::pin(std::future::ready(0))
     }
+
+    /// The state of the link to the database, `None` without one.
+    fn link(&self) -> Option<crate::health::LinkState> {
+        None
+    }
 }
 
 /// The default mapping: no database, so no users. Logs at debug.

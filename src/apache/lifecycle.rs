@@ -308,6 +308,7 @@ unsafe fn share_runtime(s: *mut ffi::server_rec, key: &VouchKey, bridge_cap: u32
         if let Some(conf) = unsafe { server_config::get(srv) } {
             conf.runtime.vouch_key = Some(key.clone());
             conf.runtime.max_bridged = Some(bridge_cap);
+            conf.runtime.daemon = true;
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`tls`]: the TLS session handoff (mod_ssl's optional hooks, record counting, the tap filter
 //!   below mod_ssl, the quiescent point);
 //! - [`bridge`]: the worker-held plaintext relay for WebSockets over TLS that cannot move;
+//! - [`status`]: the push section of mod_status's server-status page;
 //! - [`vouch`]: the client-IP vouching hook (`post_read_request`) and the vhost's own address;
 //! - [`log`]: the `log` backend (`ap_log_error_` in Apache, stderr lines in the daemon);
 //! - [`ffi`] and [`pool`]: the bindgen bindings and APR pool helpers.
@@ -38,6 +39,7 @@ pub mod process;
 pub mod request;
 pub mod retained;
 pub mod server_config;
+pub mod status;
 pub mod stop_notice;
 pub mod tls;
 pub mod vouch;

@@ -154,6 +154,8 @@ unsafe extern "C" fn register_hooks(_p: *mut ffi::apr_pool_t) {
             // mod_ssl's optional hooks (every push vhost's SSL_CTX, every new SSL) and the
             // output filter below mod_ssl: the TLS session handoff (`tls`).
             super::tls::register();
+            // mod_status's optional hook: the push section of server-status (`status`).
+            super::status::register();
         }
     });
 }

@@ -2,7 +2,9 @@
 //! and the metrics, computed by the engine the request names.
 
 use super::State;
-use crate::wire::control::{ControlFrame, ControlResponse, CONTROL_TIMEOUT};
+use crate::wire::control::{
+    ControlFrame, ControlResponse, DaemonStatus, EngineStatus, CONTROL_TIMEOUT, STATUS_PATH,
+};
 use crate::wire::{self, WireError, PROTOCOL};
 use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt;
@@ -35,10 +37,46 @@ pub async fn serve(
 
 /// How the daemon's client sockets reached it (all engines): plain handoffs, TLS sessions that
 /// moved from mod_ssl, and sessions bridged by Apache workers (each holding a worker).
-fn transports(state: &State) -> String {
+fn by_transport(state: &State) -> (usize, usize, usize) {
     let tls = state.tls.load(Ordering::SeqCst);
     let bridged = state.bridged.load(Ordering::SeqCst);
     let plain = state.live.load(Ordering::SeqCst).saturating_sub(tls + bridged);
+    (plain, tls, bridged)
+}
+
+/// The daemon-wide status for `server-status`.
+fn status(state: &State) -> DaemonStatus {
+    let (plain, tls, bridged) = by_transport(state);
+    DaemonStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        plain,
+        tls,
+        bridged,
+        engines: state
+            .engines
+            .iter()
+            .map(|engine| {
+                let metrics = engine.metrics();
+                let health = engine.health();
+                EngineStatus {
+                    nextcloud_url: engine.config().nextcloud_url.clone(),
+                    users: metrics.active_user_count,
+                    connections: metrics.active_connection_count,
+                    events: metrics.events_received,
+                    messages: metrics.messages_sent,
+                    redis: health.redis,
+                    database: health.database,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The sessions by transport as a Prometheus gauge family.
+fn transports(state: &State) -> String {
+    let (plain, tls, bridged) = by_transport(state);
     format!(
         "# HELP push_session_count WebSocket sessions of the push daemon by transport (all \
          Nextcloud instances).\n# TYPE push_session_count gauge\n\
@@ -53,6 +91,12 @@ async fn answer(frame: ControlFrame, state: &State) -> ControlResponse {
     let request = frame.control;
     if frame.protocol != PROTOCOL {
         return ControlResponse::unavailable();
+    }
+    if request.path == STATUS_PATH {
+        return ControlResponse::new(
+            200,
+            serde_json::to_string(&status(state)).unwrap_or_default(),
+        );
     }
     let Ok(engine) = state.engine(request.engine, request.config.as_deref()) else {
         return ControlResponse::unavailable();

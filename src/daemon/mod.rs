@@ -90,6 +90,7 @@ struct State {
     fd_limit: u64,
     refused: AtomicU64,
     hold: Arc<Hold>,
+    started: Instant,
 }
 
 impl State {
@@ -104,6 +105,7 @@ impl State {
             fd_limit,
             refused: AtomicU64::new(0),
             hold: Arc::default(),
+            started: Instant::now(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! engine bounds each Nextcloud and Redis call of a test request well below that.
 
 use super::{decode_json, handoff, read_frame, Deadline, WireError, PROTOCOL};
+use nextcloud_push_engine::health::LinkState;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -72,6 +73,34 @@ impl ControlResponse {
     pub fn unavailable() -> ControlResponse {
         ControlResponse::new(503, "Push service temporarily unavailable\n")
     }
+}
+
+/// `path` of the daemon-wide status request (`server-status`): any engine, no fingerprint.
+pub const STATUS_PATH: &str = "status";
+
+/// The daemon's answer to [`STATUS_PATH`] (the body, as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub uptime_secs: u64,
+    /// Sessions by transport: handed-off plain HTTP, handed-off TLS, bridged by a worker.
+    pub plain: usize,
+    pub tls: usize,
+    pub bridged: usize,
+    pub engines: Vec<EngineStatus>,
+}
+
+/// One Nextcloud instance (engine) in a [`DaemonStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub nextcloud_url: String,
+    pub users: u64,
+    pub connections: u64,
+    pub events: u64,
+    pub messages: u64,
+    pub redis: LinkState,
+    pub database: Option<LinkState>,
 }
 
 /// The control request in a first frame, if it is one.

@@ -362,6 +362,8 @@ pub struct DbStorageMapping {
     queries: AtomicU64,
     down: AtomicBool,
     connected_once: AtomicBool,
+    /// For `server-status` (`StorageMapping::link`).
+    link: crate::health::Link,
     last_query_warning: Mutex<Option<Instant>>,
     wake_probe: Arc<Notify>,
     cancel: CancellationToken,
@@ -418,6 +420,7 @@ impl DbStorageMapping {
             queries: AtomicU64::new(0),
             down: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
+            link: crate::health::Link::default(),
             last_query_warning: Mutex::new(None),
             wake_probe: wake_probe.clone(),
             cancel: cancel.clone(),
@@ -633,6 +636,7 @@ impl DbStorageMapping {
     }
 
     fn mark_down(&self, error: &sqlx::Error) {
+        self.link.down(&error.to_string());
         if !self.down.swap(true, Ordering::SeqCst) {
             log::warn!(
                 target: TARGET,
@@ -645,6 +649,7 @@ impl DbStorageMapping {
     }
 
     fn mark_up(&self) {
+        self.link.up();
         let was_down = self.down.swap(false, Ordering::SeqCst);
         let first = !self.connected_once.swap(true, Ordering::SeqCst);
         if was_down {
@@ -734,6 +739,10 @@ impl StorageMapping for DbStorageMapping {
 
     fn query_count(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
+    }
+
+    fn link(&self) -> Option<crate::health::LinkState> {
+        Some(self.link.state())
     }
 
     fn root_count(&self, storage: u32) -> BoxFuture<'_, u64> {
