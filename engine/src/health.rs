@@ -5,9 +5,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Longest error text kept (the rest is cut, with its length noted).
-const MAX_ERROR: usize = 200;
-
 /// A link's state as reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkState {
@@ -38,7 +35,7 @@ impl Link {
             state.up = false;
             state.since = now();
         }
-        state.last_error = Some(cut(error));
+        state.last_error = Some(crate::text::clip(error));
     }
 
     pub fn state(&self) -> LinkState {
@@ -48,17 +45,6 @@ impl Link {
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn cut(text: &str) -> String {
-    if text.len() <= MAX_ERROR {
-        return text.to_owned();
-    }
-    let mut end = MAX_ERROR;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// What `Engine::health` reports.

@@ -28,6 +28,7 @@ mod registry;
 mod selftest;
 mod session;
 mod storage;
+mod text;
 pub mod tls;
 pub mod upgrade;
 mod user;

@@ -168,7 +168,9 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
         Ok(Some(event)) => event,
         Ok(None) => return,
         Err(e) => {
-            log::warn!(target: TARGET, "NCP1003: dropping invalid message on {channel}: {e}");
+            // The error quotes the offending value: whoever can publish must not fill the log.
+            let why = crate::text::clip(&e.to_string());
+            log::warn!(target: TARGET, "NCP1003: dropping invalid message on {channel} ({} bytes): {why}", payload.len());
             return;
         }
     };
@@ -212,14 +214,14 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
             });
         }
         Event::Query(query) => {
-            log::warn!(target: TARGET, "NCP1005: unknown notify_query {query:?} ignored")
+            log::warn!(target: TARGET, "NCP1005: unknown notify_query {:?} ignored", crate::text::clip(&query))
         }
         Event::Signal(signal) if signal == "reset" => {
             log::info!(target: TARGET, "reset signal received, closing every connection");
             let _ = engine.signals.send(Signal::Reset);
         }
         Event::Signal(signal) => {
-            log::warn!(target: TARGET, "NCP1005: unknown notify_signal {signal:?} ignored")
+            log::warn!(target: TARGET, "NCP1005: unknown notify_signal {:?} ignored", crate::text::clip(&signal))
         }
     }
 }

@@ -216,15 +216,20 @@ impl Engine {
         let Some(level) = parse_log_spec(spec) else {
             log::warn!(
                 target: TARGET,
-                "NCP1008: notify_config log spec {spec:?} not understood (expected e.g. \
-                 notify_push=debug); log level unchanged"
+                "NCP1008: notify_config log spec {:?} not understood (expected e.g. \
+                 notify_push=debug); log level unchanged",
+                crate::text::clip(spec)
             );
             return;
         };
         if let Ok(mut saved) = self.selftest.configured_level.lock() {
             saved.get_or_insert(log::max_level());
         }
-        log::info!(target: TARGET, "NCP1009: log level set to {level} by notify_config {spec:?}");
+        log::info!(
+            target: TARGET,
+            "NCP1009: log level set to {level} by notify_config {:?}",
+            crate::text::clip(spec)
+        );
         log::set_max_level(level);
         log::info!(target: TARGET, "NCP1009: log level is now {level}");
     }

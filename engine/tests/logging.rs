@@ -57,6 +57,36 @@ async fn one_line_per_outage_and_per_bad_message() {
     assert_eq!(bad.len(), 1);
     assert!(bad[0].contains("notify_activity"), "{}", bad[0]);
 
+    // A wrong-typed value of 64 KiB: serde's error quotes it, the log line must not.
+    let huge = "x".repeat(1 << 16);
+    h.redis.publish(
+        "notify_storage_update",
+        &format!(r#"{{"storage":"{huge}","path":"/","file_id":1}}"#),
+    );
+    h.redis.publish("notify_signal", &format!(r#""{huge}""#));
+    assert!(
+        testkit::wait_until(Duration::from_secs(20), || async {
+            lines_with("NCP1003").len() >= 2 && !lines_with("NCP1005").is_empty()
+        })
+        .await,
+        "bad values logged: {:?}",
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, l)| l.chars().take(120).collect::<String>())
+            .collect::<Vec<_>>()
+    );
+    for line in lines_with("NCP1003").iter().chain(lines_with("NCP1005").iter()) {
+        assert!(
+            line.len() < 600,
+            "{} bytes: {}…",
+            line.len(),
+            line.chars().take(200).collect::<String>()
+        );
+    }
+    assert!(lines_with("NCP1003")[1].contains("bytes"), "{}", lines_with("NCP1003")[1]);
+
     h.redis.stop();
     // several reconnect attempts fail meanwhile (backoff 1 s, 2 s)
     let engine_down = testkit::wait_until(Duration::from_secs(10), || async {
