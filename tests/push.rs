@@ -306,6 +306,20 @@ async fn invalid_upgrades_get_a_4xx_and_no_101() {
             ),
         ),
         (
+            "a body (Content-Length)",
+            format!(
+                "GET /push/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 {key}Content-Length: 5\r\n\r\njunk!"
+            ),
+        ),
+        (
+            "a body (chunked)",
+            format!(
+                "GET /push/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 {key}Transfer-Encoding: chunked\r\n\r\n5\r\njunk!\r\n0\r\n\r\n"
+            ),
+        ),
+        (
             "no key",
             format!(
                 "GET /push/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

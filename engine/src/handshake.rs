@@ -123,6 +123,8 @@ fn validate<'h>(
         upgrade: header("upgrade"),
         version: header("sec-websocket-version"),
         key: header("sec-websocket-key"),
+        content_length: header("content-length"),
+        transfer_encoding: header("transfer-encoding"),
     };
     upgrade::check_upgrade(&facts).map_err(|r| (r.status, r.body, r.headers))?;
     let mut head = format!("HTTP/1.1 101 {}\r\n", upgrade::reason(101));

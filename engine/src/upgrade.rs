@@ -48,6 +48,9 @@ pub struct UpgradeRequest<'a> {
     pub upgrade: Option<&'a str>,
     pub version: Option<&'a str>,
     pub key: Option<&'a str>,
+    /// `Content-Length` and `Transfer-Encoding`: an upgrade `GET` has no body.
+    pub content_length: Option<&'a str>,
+    pub transfer_encoding: Option<&'a str>,
 }
 
 /// A refused upgrade: the final response sent instead of the 101.
@@ -86,6 +89,14 @@ pub fn check_upgrade(req: &UpgradeRequest<'_>) -> Result<(), Refusal> {
             400,
             "WebSocket over HTTP/2 is not supported; connect with HTTP/1.1\n",
         ));
+    }
+    // RFC 6455 §4.1: the opening handshake is a GET, which has no defined body (RFC 9110
+    // §9.3.1), and no WebSocket client sends one. Accepting it would read the body as frames
+    // after the 101 (a `Content-Length: 5` junk body announced a frame that swallowed the login).
+    let body = req.transfer_encoding.is_some()
+        || req.content_length.is_some_and(|v| v.trim().parse::<u64>() != Ok(0));
+    if body {
+        return Err(Refusal::new(400, "A WebSocket upgrade request has no body\n"));
     }
     if !req.connection.is_some_and(|v| has_token(v, "upgrade")) {
         return Err(Refusal::new(400, "Invalid request header \"connection\""));
@@ -168,6 +179,8 @@ mod tests {
             upgrade: Some("websocket"),
             version: Some("13"),
             key: Some("dGhlIHNhbXBsZSBub25jZQ=="),
+            content_length: None,
+            transfer_encoding: None,
         }
     }
 
@@ -232,6 +245,13 @@ mod tests {
         assert_eq!(r.status, 400);
         let r = check_upgrade(&UpgradeRequest { key: Some("c2hvcnQ="), ..good() }).unwrap_err();
         assert_eq!(r.status, 400);
+        let r = check_upgrade(&UpgradeRequest { content_length: Some("5"), ..good() }).unwrap_err();
+        assert_eq!((r.status, r.body), (400, "A WebSocket upgrade request has no body\n"));
+        let r = check_upgrade(&UpgradeRequest { transfer_encoding: Some("chunked"), ..good() })
+            .unwrap_err();
+        assert_eq!(r.status, 400);
+        assert!(check_upgrade(&UpgradeRequest { content_length: Some("x"), ..good() }).is_err());
+        assert_eq!(check_upgrade(&UpgradeRequest { content_length: Some("0"), ..good() }), Ok(()));
     }
 
     #[test]

@@ -142,6 +142,8 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
         upgrade: req.header_in(c"Upgrade"),
         version: req.header_in(c"Sec-WebSocket-Version"),
         key: req.header_in(c"Sec-WebSocket-Key"),
+        content_length: req.header_in(c"Content-Length"),
+        transfer_encoding: req.header_in(c"Transfer-Encoding"),
     };
     if let Err(refusal) = upgrade::check_upgrade(&facts) {
         return req.respond(refusal.status, refusal.body, refusal.headers);
