@@ -749,3 +749,88 @@ async fn server_status_shows_push_sessions_and_links() {
     }
     stack.finish();
 }
+
+/// A handoff after more than 255 records each way (sequence numbers beyond one byte): 300
+/// keep-alive requests on the TLS connection first, then the upgrade on that same connection
+/// with the login frames in the same write. The session moves, logs in and gets events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_after_300_requests_on_the_same_tls_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let (ca, stack) =
+        require!(tls_stack(Mpm::Event, |b| b.server_line("MaxKeepAliveRequests 0")).await);
+    let port = stack.apache.port();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Reads one response head (and its body, by Content-Length); returns the head.
+    async fn response<S: tokio::io::AsyncRead + Unpin>(
+        tls: &mut S,
+        buf: &mut Vec<u8>,
+        chunk: &mut [u8],
+    ) -> String {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if head.starts_with("HTTP/1.1 101") || buf.len() >= end + 4 + len {
+                    let skip =
+                        if head.starts_with("HTTP/1.1 101") { end + 4 } else { end + 4 + len };
+                    buf.drain(..skip);
+                    return head;
+                }
+            }
+            let n = tokio::time::timeout(T, tls.read(chunk))
+                .await
+                .expect("read in time")
+                .expect("read");
+            assert!(n > 0, "connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    for i in 0..300 {
+        let request = format!("GET /index.php?{i} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let head = response(&mut tls, &mut buf, &mut chunk).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+    }
+    let mut upgrade = upgrade_request(port, "").into_bytes();
+    upgrade.extend(masked_text_frame(ALICE.0));
+    upgrade.extend(masked_text_frame(ALICE.1));
+    tls.write_all(&upgrade).await.expect("write the upgrade");
+    let head = response(&mut tls, &mut buf, &mut chunk).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        tokio_tungstenite::MaybeTlsStream::Rustls(tls),
+        std::mem::take(&mut buf),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let mut alice = Client::from_ws(ws);
+    alice.expect_text(AUTHENTICATED, T).await;
+    let line = stack.apache.await_error_log("NCP0114", T).await;
+    let seqs = line
+        .split("read/write sequence ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .expect("sequences");
+    let (read, write) = seqs.split_once('/').expect("r/w");
+    let (read, write): (u64, u64) = (read.parse().unwrap(), write.parse().unwrap());
+    assert!(read > 255 && write > 255, "{line}");
+    stack.roundtrip(&mut alice, "alice", "after_300_requests").await;
+    alice.close().await;
+    stack.finish();
+}

@@ -17,15 +17,16 @@
 //!   `write_seq - 1` before it adopts the session, so a wrong count can never make it send a
 //!   record under a reused nonce; it refuses instead, and the worker bridges as before.
 //!
-//! Nothing is installed unless some server has push enabled. libssl is the system's, the copy
-//! mod_ssl uses, linked dynamically.
+//! Nothing is installed unless some server has push enabled, and connections to ports without a
+//! push vhost are not tracked. libssl is the system's, the copy mod_ssl uses, linked
+//! dynamically.
 
 use super::{ffi, module, pool, server_config};
 use crate::error::ClientError;
 use crate::wire::handoff::{MAX_CIPHERTEXT, MAX_LAST_RECORD};
 use nextcloud_push_engine::tls::TlsState;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 use zeroize::Zeroize;
 
@@ -43,6 +44,11 @@ const QUIESCE_FOR: Duration = Duration::from_millis(500);
 
 /// Some server has push enabled (set by `init_server` in the parent; children inherit it).
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The local ports of push-enabled TLS vhosts: connections to other ports are not tracked, so
+/// TLS sites without push pay nothing. `ANY_PORT` (a vhost on every port, or too many ports)
+/// tracks every connection.
+static PORTS: [AtomicU16; 16] = [const { AtomicU16::new(0) }; 16];
+static ANY_PORT: AtomicBool = AtomicBool::new(false);
 /// `SSL` ex_data index of a connection's [`Track`]; `SSL_CTX` ex_data index of the keylog
 /// callback that was installed before ours.
 static SSL_INDEX: AtomicI32 = AtomicI32::new(-1);
@@ -188,9 +194,49 @@ unsafe extern "C" fn init_server(
                 ffi::SSL_CTX_set_keylog_callback(ctx, Some(keylog));
             }
         }
+        // SAFETY: mod_ssl's live server; its address list is NULL-terminated.
+        unsafe { note_ports(s) };
         ENABLED.store(true, Ordering::SeqCst);
         ffi::OK as c_int
     })
+}
+
+/// Remembers the ports a push vhost listens on (see [`PORTS`]).
+///
+/// # Safety
+/// `s` must be a live server_rec.
+unsafe fn note_ports(s: *mut ffi::server_rec) {
+    let mut ports = Vec::new();
+    // SAFETY: per contract.
+    unsafe {
+        let mut a = (*s).addrs;
+        while !a.is_null() {
+            ports.push(if (*a).host_port != 0 { (*a).host_port } else { (*s).port });
+            a = (*a).next;
+        }
+    }
+    for port in ports {
+        if port == 0 || !remember_port(port) {
+            ANY_PORT.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Adds `port` to [`PORTS`]; false when the table is full.
+fn remember_port(port: u16) -> bool {
+    for slot in &PORTS {
+        match slot.compare_exchange(0, port, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return true,
+            Err(existing) if existing == port => return true,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+/// Whether connections to local port `port` may belong to a push vhost.
+fn tracked_port(port: u16) -> bool {
+    ANY_PORT.load(Ordering::SeqCst) || PORTS.iter().any(|p| p.load(Ordering::SeqCst) == port)
 }
 
 /// The ex_data indexes, allocated once per process.
@@ -236,6 +282,11 @@ unsafe extern "C" fn pre_handshake(
 ) -> c_int {
     super::guard("pre_handshake", ffi::OK as c_int, || {
         let index = SSL_INDEX.load(Ordering::SeqCst);
+        // SAFETY: NULL or a live connection's local address.
+        let port = unsafe { c.as_ref().and_then(|c| c.local_addr.as_ref()).map_or(0, |a| a.port) };
+        if !tracked_port(port) {
+            return ffi::OK as c_int;
+        }
         if is_proxy != 0
             || c.is_null()
             || ssl.is_null()
@@ -725,6 +776,19 @@ mod tests {
         let mut tap = Tap::default();
         tap.feed(&[23, 3, 3, 0xff, 0xff]);
         assert!(tap.broken, "longer than any record");
+    }
+
+    #[test]
+    fn only_ports_of_push_vhosts_are_tracked() {
+        assert!(!tracked_port(8443));
+        assert!(remember_port(8443) && remember_port(8443), "idempotent");
+        assert!(tracked_port(8443) && !tracked_port(443));
+        // The table is finite: when it is full, the caller tracks every port instead.
+        let mut n = 10_000;
+        while remember_port(n) {
+            n += 1;
+        }
+        assert!(n - 10_000 < PORTS.len() as u16);
     }
 
     #[test]
