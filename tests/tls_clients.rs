@@ -330,3 +330,35 @@ async fn a_browser_websocket_over_https_is_handed_off() {
     assert!(dom.contains("msg:to_the_browser"), "{dom}");
     stack.finish();
 }
+
+/// `openssl s_client` after the handoff (TLS 1.3): `K` (KeyUpdate, update requested) and `k`
+/// (not requested) — the daemon follows both (later events still decrypt at the client, the
+/// client's later records at the daemon) — then `Q`: the client's close_notify ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s_client_key_updates_and_close_after_the_handoff() {
+    let (ca, stack) = require!(tls_stack(|b| b).await);
+    let port = stack.apache.port();
+    let mut s = SClient::start(&ca, port, &["-tls1_3"]);
+    s.wait_for("Verify return code: 0 (ok)", T).await;
+    s.send(&upgrade_and_login(port, ALICE));
+    s.wait_for(AUTHENTICATED, T).await;
+    stack.apache.await_error_log("NCP0114", T).await;
+    for (n, command) in [b"K\n", b"k\n"].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.send(command);
+        s.wait_for("KEYUPDATE", T).await;
+        // A frame from the client under its new key, then an event under the daemon's.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.send(&masked_text_frame("listen notify_file_id"));
+        let marker = format!("after_key_update_{n}");
+        stack
+            .publish("notify_custom", &format!(r#"{{"user":"alice","message":"{marker}"}}"#))
+            .await;
+        s.wait_for(&marker, T).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send(b"Q\n");
+    assert!(s.exited(T).await, "s_client still running after Q:\n{}", s.output());
+    stack.apache.await_error_log("alice disconnected", T).await;
+    stack.finish();
+}
