@@ -834,3 +834,135 @@ async fn a_handoff_after_300_requests_on_the_same_tls_connection() {
     alice.close().await;
     stack.finish();
 }
+
+/// A transport that, once armed, cuts its next write after `at` bytes and lets the rest go
+/// `pause` later: how a client's TLS record arrives split across TCP segments.
+struct SplitWrites<S> {
+    io: S,
+    arm: Option<usize>,
+    pause: Duration,
+    resume: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SplitWrites<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SplitWrites<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(resume) = self.resume.as_mut() {
+            std::task::ready!(resume.as_mut().poll(cx));
+            self.resume = None;
+        }
+        let limit = match self.arm.take() {
+            Some(at) if at < buf.len() => {
+                self.resume = Some(Box::pin(tokio::time::sleep(self.pause)));
+                at
+            }
+            _ => buf.len(),
+        };
+        std::pin::Pin::new(&mut self.io).poll_write(cx, &buf[..limit])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+use std::future::Future as _;
+
+/// The client's first record after the upgrade request arrives split (at 3, 5 and 10 bytes,
+/// the rest 300 ms later) while Apache is handing the session over: the handler waits until
+/// the record is whole (OpenSSL holds no partial record), then hands over, and the frame in it
+/// reaches the daemon as decrypted bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_split_across_the_handoff_waits_for_the_rest() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_tungstenite::tungstenite::Message;
+    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b).await);
+    let port = stack.apache.port();
+    for (n, at) in [3usize, 5, 10].into_iter().enumerate() {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        let split =
+            SplitWrites { io: tcp, arm: None, pause: Duration::from_millis(300), resume: None };
+        let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), split)
+            .await
+            .expect("TLS handshake");
+        tls.write_all(upgrade_request(port, "").as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        // The next record (the username frame) goes out in two pieces.
+        tls.get_mut().0.arm = Some(at);
+        tls.write_all(&masked_text_frame(ALICE.0)).await.unwrap();
+        tls.flush().await.unwrap();
+        tls.write_all(&masked_text_frame(ALICE.1)).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let got = tokio::time::timeout(T, tls.read(&mut chunk)).await.expect("101 in time");
+            let n = got.expect("read");
+            assert!(n > 0, "closed before the 101");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        let rest = buf.split_off(end + 4);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+            tls,
+            rest,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        let first = tokio::time::timeout(T, ws.next()).await.expect("an answer in time");
+        match first {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), AUTHENTICATED, "split at {at}"),
+            other => panic!("split at {at}: {other:?}"),
+        }
+        let line = stack.apache.await_error_log(&format!("client chain"), T).await;
+        assert!(line.contains("NCP0114"), "split at {at}: {line}");
+        let marker = format!("split_{n}");
+        stack
+            .publish("notify_custom", &format!(r#"{{"user":"alice","message":"{marker}"}}"#))
+            .await;
+        loop {
+            match tokio::time::timeout(T, ws.next()).await.expect("event in time") {
+                Some(Ok(Message::Text(t))) if t.as_str() == marker => break,
+                Some(Ok(Message::Text(t))) => panic!("unexpected {t}"),
+                Some(Ok(_)) => continue,
+                other => panic!("split at {at}: {other:?}"),
+            }
+        }
+        let _ = ws.send(Message::Close(None)).await;
+    }
+    let log = stack.apache.error_log();
+    assert_eq!(log.matches("NCP0114").count(), 3, "every session moved");
+    stack.finish();
+}
