@@ -966,3 +966,69 @@ async fn a_record_split_across_the_handoff_waits_for_the_rest() {
     assert_eq!(log.matches("NCP0114").count(), 3, "every session moved");
     stack.finish();
 }
+
+/// The client asks for new keys (KeyUpdate, update requested) while Apache hands its session
+/// over: the KeyUpdate record arrives split, so OpenSSL processes it during the handler's drain
+/// and owes the answer; the daemon sends that KeyUpdate as its first record (NCP0114 says a
+/// KeyUpdate was owed), and the client keeps decrypting what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_update_during_the_handoff_is_answered_by_the_daemon() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_tungstenite::tungstenite::Message;
+    let (ca, stack) = require!(tls_stack(Mpm::Event, |b| b).await);
+    let port = stack.apache.port();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    let split = SplitWrites { io: tcp, arm: None, pause: Duration::from_millis(300), resume: None };
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), split)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(upgrade_request(port, "").as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    // KeyUpdate + the username frame go out together; the cut falls inside the KeyUpdate record.
+    tls.get_mut().1.refresh_traffic_keys().expect("KeyUpdate");
+    tls.get_mut().0.arm = Some(3);
+    tls.write_all(&masked_text_frame(ALICE.0)).await.unwrap();
+    tls.flush().await.unwrap();
+    tls.write_all(&masked_text_frame(ALICE.1)).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = tokio::time::timeout(T, tls.read(&mut chunk)).await.expect("101").expect("read");
+        assert!(n > 0, "closed before the 101");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let rest = buf.split_off(end + 4);
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        tls,
+        rest,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    match tokio::time::timeout(T, ws.next()).await.expect("answer in time") {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), AUTHENTICATED),
+        other => panic!("{other:?}"),
+    }
+    let line = stack.apache.await_error_log("NCP0114", T).await;
+    assert!(line.contains("a KeyUpdate owed"), "{line}");
+    stack.publish("notify_custom", r#"{"user":"alice","message":"after_the_owed_update"}"#).await;
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("event in time") {
+            Some(Ok(Message::Text(t))) if t.as_str() == "after_the_owed_update" => break,
+            Some(Ok(Message::Text(t))) => panic!("unexpected {t}"),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    stack.finish();
+}

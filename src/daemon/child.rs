@@ -174,11 +174,12 @@ async fn serve_tls_offer(
     let tcp = TcpStream::from_std(tcp)?;
     log::debug!(
         target: "nextcloud_push::daemon",
-        "NCP0114: TLS session handed over ({:#06x}, suite {:#06x}, read/write sequence {}/{}, {} plaintext and {} ciphertext bytes pending, client chain {:?})",
+        "NCP0114: TLS session handed over ({:#06x}, suite {:#06x}, read/write sequence {}/{}{}, {} plaintext and {} ciphertext bytes pending, client chain {:?})",
         layer.version(),
         layer.suite(),
         layer.read_seq(),
         layer.write_seq(),
+        if layer.key_update_pending() { ", a KeyUpdate owed" } else { "" },
         plaintext.len(),
         ciphertext.len(),
         offer.forwarded_for
