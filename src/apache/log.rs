@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static LOGGER: Logger = Logger;
 /// True in the push daemon: write to stderr instead of calling httpd.
 static DAEMON: AtomicBool = AtomicBool::new(false);
+/// True in the push daemon when the main server logs to syslog (`ErrorLog syslog[:facility]`):
+/// stderr goes nowhere then, so the daemon's lines go to syslog(3), whose connection and
+/// facility the Apache parent opened (`openlog`) before it forked the daemon.
+static SYSLOG: AtomicBool = AtomicBool::new(false);
 
 struct Logger;
 
@@ -30,9 +34,11 @@ pub fn init() {
     }
 }
 
-/// Switches this process to daemon mode: stderr lines, filtered at `level`.
-pub fn enter_daemon_mode(level: ::log::LevelFilter) {
+/// Switches this process to daemon mode: stderr lines (or syslog, see [`SYSLOG`]), filtered at
+/// `level`.
+pub fn enter_daemon_mode(level: ::log::LevelFilter, syslog: bool) {
     DAEMON.store(true, Ordering::Relaxed);
+    SYSLOG.store(syslog, Ordering::Relaxed);
     let _ = ::log::set_logger(&LOGGER);
     ::log::set_max_level(level);
 }
@@ -178,8 +184,26 @@ fn log_server(
 }
 
 /// One daemon log line on stderr, written with a single `write` so lines from several threads
-/// never interleave (stderr is the ErrorLog file or its piped logger).
+/// never interleave (stderr is the ErrorLog file or its piped logger), or to syslog.
 fn daemon_line(level: &str, msg: &str) {
+    if SYSLOG.load(Ordering::Relaxed) {
+        let priority = match level {
+            "emerg" => libc::LOG_EMERG,
+            "crit" => libc::LOG_CRIT,
+            "error" => libc::LOG_ERR,
+            "warn" => libc::LOG_WARNING,
+            "notice" => libc::LOG_NOTICE,
+            "info" => libc::LOG_INFO,
+            _ => libc::LOG_DEBUG,
+        };
+        let text =
+            CString::new(format!("[nextcloud_push:{level}] [pid {}] {msg}", std::process::id()))
+                .unwrap_or_default();
+        // SAFETY: constant "%s" format with one NUL-terminated argument; syslog(3) uses the
+        // parent's openlog settings and reconnects by itself.
+        unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
+        return;
+    }
     let mut buf = [0 as c_char; 64];
     let mut len: c_int = buf.len() as c_int;
     // SAFETY: `buf` is larger than the longest string ap_recent_ctime_ex writes with the USEC

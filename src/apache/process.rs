@@ -235,7 +235,9 @@ unsafe fn child_main(
     notice: OwnedFd,
     parent: libc::pid_t,
 ) -> i32 {
-    aplog::enter_daemon_mode(spec.level);
+    // SAFETY: the parent's live main server (copied into this process).
+    let syslog = unsafe { logs_to_syslog(spec.server) };
+    aplog::enter_daemon_mode(spec.level, syslog);
 
     // 1. Listeners: Apache must be able to rebind its ports after a stop.
     // SAFETY: httpd's own function, closing its listener sockets in this process.
@@ -250,6 +252,11 @@ unsafe fn child_main(
     let errlog = unsafe { main_error_log_fd(spec.server) };
     let mut keep = vec![0, 1, 2, ready.as_raw_fd(), notice.as_raw_fd()];
     keep.extend(errlog);
+    // syslog(3)'s descriptor (the parent's `ErrorLog syslog:…`) is closed below like any
+    // other; closelog first, so libc forgets it and reconnects on the daemon's first line
+    // instead of writing into whatever later reuses that descriptor number.
+    // SAFETY: single-threaded child; closelog only closes libc's own syslog descriptor.
+    unsafe { libc::closelog() };
     close_all_except(&mut keep);
     let ready = Ready::new(ready);
 
@@ -309,6 +316,16 @@ unsafe fn child_main(
         ready,
         stop_notice: Some(notice),
     })
+}
+
+/// `ErrorLog syslog[:facility]` on the main server.
+///
+/// # Safety
+/// `s` must be NULL or a live server_rec.
+unsafe fn logs_to_syslog(s: *mut ffi::server_rec) -> bool {
+    // SAFETY: per contract; error_fname is NULL or a pool string.
+    unsafe { s.as_ref().and_then(|s| super::pool::cstr(s.error_fname)) }
+        .is_some_and(|name| name.starts_with("syslog"))
 }
 
 /// # Safety
