@@ -178,6 +178,9 @@ impl TestCa {
         let mut roots = rustls::RootCertStore::empty();
         let ca = CertificateDer::from_pem_file(&self.ca_cert).expect("read the test CA");
         roots.add(ca).expect("add the test CA");
+        // ring is the provider the workspace builds (its deprecation only says it has no
+        // post-quantum key exchange, which the tests do not need).
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
