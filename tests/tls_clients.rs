@@ -9,6 +9,7 @@ mod common;
 use common::client::{masked_text_frame, upgrade_request};
 use common::{Client, Stack, ALICE, AUTHENTICATED, BOB, T};
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -291,43 +292,43 @@ async fn a_browser_websocket_over_https_is_handed_off() {
     );
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("https://localhost:{}/push-test.html", stack.apache.port());
-    let browser = std::thread::spawn({
-        let profile = profile.path().to_path_buf();
-        move || {
-            Command::new(chromium)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    // The page and the WebSocket use the per-run test CA.
-                    "--ignore-certificate-errors",
-                    "--virtual-time-budget=8000",
-                    "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(url)
-                .output()
-                .expect("run chromium")
+    // Headless Chromium driven over the DevTools protocol, so the page stays open as long as
+    // the test needs it.
+    let mut browser = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // The page and the WebSocket use the per-run test CA.
+            "--ignore-certificate-errors",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run chromium");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-    });
-    stack.apache.await_error_log("NCP0114", Duration::from_secs(20)).await;
+    }
+    let kill = Kill(&mut browser);
+    stack.apache.await_error_log("NCP0114", Duration::from_secs(30)).await;
     stack.apache.await_error_log("alice connected", T).await;
     stack.publish("notify_custom", r#"{"user":"alice","message":"to_the_browser"}"#).await;
-    let output = tokio::task::spawn_blocking(move || browser.join().expect("browser thread"))
-        .await
-        .expect("join");
-    let dom = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        dom.contains(&format!("msg:{AUTHENTICATED}")),
-        "{dom}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(dom.contains("msg:to_the_browser"), "{dom}");
+    let text = page_text_when(profile.path(), "msg:to_the_browser", Duration::from_secs(20)).await;
+    assert!(text.contains(&format!("msg:{AUTHENTICATED}")), "{text}");
+    // The browser goes before Apache stops (its keep-alive connections would hold a child).
+    drop(kill);
     stack.finish();
 }
 
@@ -361,4 +362,75 @@ async fn s_client_key_updates_and_close_after_the_handoff() {
     assert!(s.exited(T).await, "s_client still running after Q:\n{}", s.output());
     stack.apache.await_error_log("alice disconnected", T).await;
     stack.finish();
+}
+
+/// The page's `document.body.innerText` (asked over the DevTools protocol of the Chromium whose
+/// profile is `profile`) once it contains `needle`.
+async fn page_text_when(profile: &Path, needle: &str, timeout: Duration) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + timeout;
+    // Chromium writes its DevTools port here once it listens.
+    let port_file = profile.join("DevToolsActivePort");
+    let port: u16 = loop {
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "Chromium's DevTools never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The page's WebSocket debugger URL from /json/list.
+    let page_ws = loop {
+        // curl: DevTools' HTTP server keeps the connection open.
+        let list = Command::new("curl")
+            .args(["-s", "--max-time", "3"])
+            .arg(format!("http://127.0.0.1:{port}/json/list"))
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&list.stdout).into_owned();
+        let json = body.as_str();
+        let pages: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let found = pages.as_array().and_then(|pages| {
+            pages
+                .iter()
+                .find(|p| p["type"] == "page")
+                .and_then(|p| p["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no page in DevTools: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut cdp, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(page_ws.as_str()))
+        .await
+        .expect("CDP connect in time")
+        .expect("CDP");
+    let mut id = 0;
+    loop {
+        id += 1;
+        let ask = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": "document.body ? document.body.innerText : ''"}
+        });
+        cdp.send(Message::text(ask.to_string())).await.expect("CDP send");
+        let text = loop {
+            let reply =
+                tokio::time::timeout(T, cdp.next()).await.expect("CDP answer").expect("open");
+            let Ok(Message::Text(reply)) = reply else { continue };
+            let reply: serde_json::Value = serde_json::from_str(reply.as_str()).unwrap_or_default();
+            if reply["id"] == id {
+                break reply["result"]["result"]["value"].as_str().unwrap_or("").to_owned();
+            }
+        };
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "the page never showed {needle:?}: {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
