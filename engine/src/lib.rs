@@ -44,6 +44,7 @@ pub use nextcloud::NextcloudRoute;
 pub use selftest::TestResponse;
 pub use storage::{NoStorageMapping, StorageMapping};
 
+use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -197,9 +198,8 @@ impl Engine {
         if handoff.bridged {
             self.bridged.send_modify(|n| *n += 1);
             let counted = BridgedGuard(self.clone());
-            self.spawn_session(|engine| async move {
-                let _counted = counted;
-                session::serve_upgraded(engine, stream, handoff).await
+            self.spawn_session(|engine| {
+                session::serve_upgraded(engine, stream, handoff).map(move |()| drop(counted))
             });
         } else {
             self.spawn_session(|engine| session::serve_upgraded(engine, stream, handoff));
@@ -228,11 +228,11 @@ impl Engine {
             return;
         }
         let guard = self.session_guard();
-        let session = session(self.clone());
-        self.runtime.spawn(async move {
-            let _guard = guard;
-            session.await;
-        });
+        // `map`, not an async block that awaits the session: that would keep the session's
+        // future twice in the task (the captured one and the awaited one), and the task keeps
+        // its size for the session's whole life.
+        let session = session(self.clone()).map(move |()| drop(guard));
+        self.runtime.spawn(session);
     }
 
     /// Sends Close 1001 to every session and stops the Redis listener. Returns when every

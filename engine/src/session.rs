@@ -69,21 +69,39 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_INCOMING))
 }
 
-pub(crate) async fn serve_upgraded<S>(engine: Arc<Engine>, stream: S, handoff: Handoff)
+/// The session's WebSocket, boxed once it exists: it is moved by value through several async
+/// fn levels (login, serving, the endings), and every level would otherwise reserve room for it
+/// in the session's task (async fn parameters are kept twice there, and a task keeps the size of
+/// its largest state). Boxed, it is stored once, whatever the stream (an adopted
+/// [`crate::tls::TlsStream`] is about 200 bytes, its record layer on the heap).
+type Ws<S> = Box<WebSocketStream<S>>;
+
+/// Not an `async fn`, so the stream is not kept in the task next to the WebSocket built around
+/// it: building the WebSocket (which moves the stream through tungstenite's async constructor)
+/// is boxed right away and freed once the WebSocket exists; nothing is polled before the task
+/// runs.
+pub(crate) fn serve_upgraded<S>(
+    engine: Arc<Engine>,
+    stream: S,
+    handoff: Handoff,
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ws = WebSocketStream::from_partially_read(
+    let Handoff { early_data, forwarded_for, ping_interval, bridged } = handoff;
+    let ws = Box::pin(WebSocketStream::from_partially_read(
         stream,
-        handoff.early_data,
+        early_data,
         Role::Server,
         Some(ws_config()),
-    )
-    .await;
-    let ping_interval = handoff
-        .ping_interval
-        .map_or(engine.config.timing.ping_interval, |p| p.min(engine.config.timing.ping_interval));
-    run(engine, ws, handoff.forwarded_for, ping_interval, handoff.bridged).await;
+    ));
+    async move {
+        let ws: Ws<S> = Box::new(ws.await);
+        let ping_interval = ping_interval.map_or(engine.config.timing.ping_interval, |p| {
+            p.min(engine.config.timing.ping_interval)
+        });
+        run(engine, ws, forwarded_for, ping_interval, bridged).await;
+    }
 }
 
 pub(crate) async fn serve_http<S>(engine: Arc<Engine>, mut stream: S, peer: Option<IpAddr>)
@@ -163,7 +181,7 @@ where
 
 async fn run<S>(
     engine: Arc<Engine>,
-    mut ws: WebSocketStream<S>,
+    mut ws: Ws<S>,
     chain: Vec<IpAddr>,
     ping_interval: Duration,
     bridged: bool,
@@ -250,7 +268,7 @@ fn going_away() -> CloseFrame {
 /// Sends one text frame, then drops the connection without a close frame (the incumbent's
 /// behaviour; the client sees 1006). Our FIN goes out first and the client's bytes are read
 /// until it closes (bounded), so the text is not lost to a RST.
-async fn fail<S>(mut ws: WebSocketStream<S>, text: String)
+async fn fail<S>(mut ws: Ws<S>, text: String)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -258,7 +276,7 @@ where
     drop_connection(ws).await;
 }
 
-async fn drop_connection<S>(mut ws: WebSocketStream<S>)
+async fn drop_connection<S>(mut ws: Ws<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -277,7 +295,7 @@ where
 }
 
 /// Sends a Close frame (`None`: empty payload), waits (bounded) for the client's reply, ends.
-async fn close<S>(mut ws: WebSocketStream<S>, frame: Option<CloseFrame>, wait: Duration)
+async fn close<S>(mut ws: Ws<S>, frame: Option<CloseFrame>, wait: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -349,71 +367,77 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn serve<S>(
+    /// Not an `async fn`: its parameters (the connection state) would be kept twice in the
+    /// future, which is what an idle session holds.
+    #[allow(clippy::manual_async_fn)] // deliberately: see above
+    fn serve<'m, S>(
         mut self,
-        mut ws: WebSocketStream<S>,
-        messages: &mut tokio::sync::broadcast::Receiver<PushMessage>,
+        mut ws: Ws<S>,
+        messages: &'m mut tokio::sync::broadcast::Receiver<PushMessage>,
         mut signals: tokio::sync::broadcast::Receiver<Signal>,
-    ) where
+    ) -> impl std::future::Future<Output = ()> + use<'a, 'm, S>
+    where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let timing = &self.engine.config.timing;
-        // Starvation fix (spec §1.6, §13 "safe to improve"): the incumbent drains the debounce
-        // slots only after 500 ms without any new message, so a steady stream of events less
-        // than 500 ms apart holds debounced messages back indefinitely. Here one timer is armed
-        // for the next moment something is due (a pending slot becoming sendable, the next ping
-        // or pong deadline, the maximum connection time), whatever arrives meanwhile; the 100 ms
-        // quiet window and the debounce time still apply. An idle connection wakes up about
-        // once per ping interval instead of every 500 ms.
-        let mut last_wake = self.started;
-        let mut deadline = self.next_deadline(last_wake);
-        let sleep = tokio::time::sleep_until(deadline);
-        tokio::pin!(sleep);
-        let flow = loop {
-            let flow = tokio::select! {
-                // Client frames first: a `listen notify_file_id` pipelined behind the login is
-                // then applied before any event queued for the user meanwhile. Signals and the
-                // timer (rarely ready) before messages, so a busy user cannot starve them.
-                biased;
-                incoming = ws.next() => self.on_incoming(incoming),
-                signal = signals.recv() => match signal {
-                    Ok(Signal::Reset) => Flow::Close(None),
-                    Ok(Signal::Shutdown) | Err(RecvError::Closed) => Flow::Close(Some(going_away())),
-                    Ok(Signal::CloseBridged) if self.bridged => Flow::Close(Some(going_away())),
-                    Ok(Signal::CloseBridged) | Err(RecvError::Lagged(_)) => Flow::Continue,
-                },
-                () = &mut sleep => {
-                    last_wake = deadline;
-                    // boxed: rare (about once per ping interval), and inline it would
-                    // enlarge every session
-                    Box::pin(self.on_tick(&mut ws)).await
+        async move {
+            let timing = &self.engine.config.timing;
+            // Starvation fix (spec §1.6, §13 "safe to improve"): the incumbent drains the
+            // debounce slots only after 500 ms without any new message, so a steady stream of
+            // events less than 500 ms apart holds debounced messages back indefinitely. Here one
+            // timer is armed for the next moment something is due (a pending slot becoming
+            // sendable, the next ping or pong deadline, the maximum connection time), whatever
+            // arrives meanwhile; the 100 ms quiet window and the debounce time still apply. An
+            // idle connection wakes up about once per ping interval instead of every 500 ms.
+            let mut last_wake = self.started;
+            let mut deadline = self.next_deadline(last_wake);
+            let sleep = tokio::time::sleep_until(deadline);
+            tokio::pin!(sleep);
+            let flow = loop {
+                let flow = tokio::select! {
+                    // Client frames first: a `listen notify_file_id` pipelined behind the login is
+                    // then applied before any event queued for the user meanwhile. Signals and the
+                    // timer (rarely ready) before messages, so a busy user cannot starve them.
+                    biased;
+                    incoming = ws.next() => self.on_incoming(incoming),
+                    signal = signals.recv() => match signal {
+                        Ok(Signal::Reset) => Flow::Close(None),
+                        Ok(Signal::Shutdown) | Err(RecvError::Closed) => Flow::Close(Some(going_away())),
+                        Ok(Signal::CloseBridged) if self.bridged => Flow::Close(Some(going_away())),
+                        Ok(Signal::CloseBridged) | Err(RecvError::Lagged(_)) => Flow::Continue,
+                    },
+                    () = &mut sleep => {
+                        last_wake = deadline;
+                        // boxed: rare (about once per ping interval), and inline it would
+                        // enlarge every session
+                        Box::pin(self.on_tick(&mut ws)).await
+                    }
+                    message = messages.recv() => self.on_messages(&mut ws, message, messages).await,
+                };
+                if !matches!(flow, Flow::Continue) {
+                    break flow;
                 }
-                message = messages.recv() => self.on_messages(&mut ws, message, messages).await,
+                let next = self.next_deadline(last_wake);
+                if next != deadline {
+                    deadline = next;
+                    sleep.as_mut().reset(deadline);
+                }
             };
-            if !matches!(flow, Flow::Continue) {
-                break flow;
+            // The endings are boxed (here and in `run`): they run once, and inline their state
+            // would enlarge every idle session's task.
+            match flow {
+                Flow::Drop => Box::pin(drop_connection(ws)).await,
+                // half the shutdown grace, so a silent client cannot hold up Engine::shutdown
+                Flow::Close(frame) => Box::pin(close(ws, frame, timing.shutdown_grace / 2)).await,
+                Flow::End => {
+                    // flush a pending close echo, if any (bounded)
+                    let _ = Box::pin(tokio::time::timeout(LINGER, async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }))
+                    .await;
+                    Box::pin(shutdown_stream(&mut ws)).await;
+                }
+                Flow::Continue => {}
             }
-            let next = self.next_deadline(last_wake);
-            if next != deadline {
-                deadline = next;
-                sleep.as_mut().reset(deadline);
-            }
-        };
-        // The endings are boxed (here and in `run`): they run once, and inline their state
-        // would enlarge every idle session's task.
-        match flow {
-            Flow::Drop => Box::pin(drop_connection(ws)).await,
-            // half the shutdown grace, so a silent client cannot hold up Engine::shutdown
-            Flow::Close(frame) => Box::pin(close(ws, frame, timing.shutdown_grace / 2)).await,
-            Flow::End => {
-                // flush a pending close echo, if any (bounded)
-                let _ = Box::pin(tokio::time::timeout(LINGER, async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                }))
-                .await;
-                Box::pin(shutdown_stream(&mut ws)).await;
-            }
-            Flow::Continue => {}
         }
     }
 
@@ -675,5 +699,33 @@ mod task_size {
         // engine-tcp and tests: the HTTP handshake first, then the same session
         let size = future_size(super::serve_http::<tokio::net::TcpStream>);
         assert!(size <= 1536, "HTTP session task future is {size} bytes");
+    }
+
+    /// What an idle session holds: its task, the serving phase's box and the boxed WebSocket.
+    /// An adopted TLS stream (wss through mod_ssl) was about 1.5 KB inline (its record layer
+    /// with two ring AEAD keys), and the task (6.5 KiB) and the serving box (4.9 KiB) each held
+    /// it several times: an idle wss session cost about 12 KiB more than a plain one. Now the
+    /// record layer is boxed inside the stream, the WebSocket is boxed once it exists, and the
+    /// async fns that took it by value (whose parameters are kept twice in their futures) are
+    /// plain fns returning an async block, so neither the task nor the serving box depends on
+    /// the stream type.
+    #[test]
+    fn an_idle_tls_session_task_stays_small() {
+        type Tls = crate::tls::TlsStream<tokio::net::TcpStream>;
+        let stream = std::mem::size_of::<Tls>();
+        assert!(stream <= 256, "TlsStream is {stream} bytes inline");
+
+        let tls = future_size(super::serve_upgraded::<Tls>);
+        let plain = future_size(super::serve_upgraded::<tokio::net::TcpStream>);
+        assert!(tls <= 512, "TLS session task future is {tls} bytes");
+        assert_eq!(tls, plain, "the session task's size depends on the stream type");
+
+        fn serve_size<A, B, C, D, F: std::future::Future>(_f: impl Fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let tls = serve_size(super::Connection::serve::<Tls>);
+        let plain = serve_size(super::Connection::serve::<tokio::net::TcpStream>);
+        assert!(tls <= 1152, "serving phase future is {tls} bytes");
+        assert_eq!(tls, plain, "the serving phase's size depends on the stream type");
     }
 }

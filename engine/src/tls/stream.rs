@@ -31,7 +31,10 @@ const WRITE_HIGH: usize = 2 * (super::MAX_PLAINTEXT + 256);
 /// * `poll_shutdown` sends close_notify, flushes, then shuts the socket's write side down.
 pub struct TlsStream<S> {
     io: S,
-    layer: RecordLayer,
+    /// Boxed: the record layer is about 1.3 KB (two ring AEAD keys), and a session moves its
+    /// stream by value through several async fn levels, each of which would otherwise reserve
+    /// room for it in the session's task (see `session::task_size`).
+    layer: Box<RecordLayer>,
     prefix: Vec<u8>,
     prefix_pos: usize,
     /// Ciphertext: `rbuf[rpos..rfill]` is unprocessed (or, while `plain` is non-empty, the
@@ -83,7 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         let rfill = ciphertext_prefix.len();
         TlsStream {
             io,
-            layer,
+            layer: Box::new(layer),
             prefix: plaintext_prefix,
             prefix_pos: 0,
             rbuf: ciphertext_prefix,
