@@ -64,17 +64,26 @@ async fn file_events(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_file_events() {
-    file_events(Backend::MySql).await;
+    common::time_limit(async {
+        file_events(Backend::MySql).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_file_events() {
-    file_events(Backend::Postgres).await;
+    common::time_limit(async {
+        file_events(Backend::Postgres).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_file_events() {
-    file_events(Backend::Sqlite).await;
+    common::time_limit(async {
+        file_events(Backend::Sqlite).await;
+    })
+    .await;
 }
 
 /// A database that accepts TCP connections and never answers (the worst kind of outage): user
@@ -82,42 +91,48 @@ async fn sqlite_file_events() {
 /// marked down, so later storage updates do not wait at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_events_flow_while_the_database_hangs() {
-    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = blackhole.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = blackhole.accept().await {
-            held.push(socket);
-        }
-    });
-    let h = require!(Harness::start().await);
-    let options =
-        MappingOptions { acquire_timeout: Duration::from_secs(1), ..MappingOptions::default() };
-    let mapping =
-        DbStorageMapping::from_url(&format!("mysql://nc:secret@{addr}/nextcloud"), "oc_", options)
-            .expect("mapping");
-    h.engine.set_storage_mapping(mapping.clone());
-    let mut client = h.login("foo", "bar").await;
+    common::time_limit(async {
+        let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = blackhole.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = blackhole.accept().await {
+                held.push(socket);
+            }
+        });
+        let h = require!(Harness::start().await);
+        let options =
+            MappingOptions { acquire_timeout: Duration::from_secs(1), ..MappingOptions::default() };
+        let mapping = DbStorageMapping::from_url(
+            &format!("mysql://nc:secret@{addr}/nextcloud"),
+            "oc_",
+            options,
+        )
+        .expect("mapping");
+        h.engine.set_storage_mapping(mapping.clone());
+        let mut client = h.login("foo", "bar").await;
 
-    h.publish("notify_storage_update", r#"{"storage":3,"path":"files/a","file_id":5}"#).await;
-    let start = std::time::Instant::now();
-    h.publish("notify_activity", r#"{"user":"foo"}"#).await;
-    assert_eq!(client.next_text(FRAME).await, Ok("notify_activity".into()));
-    assert!(
-        start.elapsed() < Duration::from_millis(900),
-        "user events do not wait for the database"
-    );
+        h.publish("notify_storage_update", r#"{"storage":3,"path":"files/a","file_id":5}"#).await;
+        let start = std::time::Instant::now();
+        h.publish("notify_activity", r#"{"user":"foo"}"#).await;
+        assert_eq!(client.next_text(FRAME).await, Ok("notify_activity".into()));
+        assert!(
+            start.elapsed() < Duration::from_millis(900),
+            "user events do not wait for the database"
+        );
 
-    assert!(
-        testkit::wait_until(Duration::from_secs(5), || async { !mapping.is_available() }).await,
-        "the hanging database is detected"
-    );
-    let start = std::time::Instant::now();
-    assert!(mapping.users_for(3, "files").await.is_empty());
-    assert!(
-        start.elapsed() < Duration::from_millis(100),
-        "lookups no longer wait once it is known down"
-    );
-    client.assert_no_message(QUIET).await;
-    hold.abort();
+        assert!(
+            testkit::wait_until(Duration::from_secs(5), || async { !mapping.is_available() }).await,
+            "the hanging database is detected"
+        );
+        let start = std::time::Instant::now();
+        assert!(mapping.users_for(3, "files").await.is_empty());
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "lookups no longer wait once it is known down"
+        );
+        client.assert_no_message(QUIET).await;
+        hold.abort();
+    })
+    .await;
 }

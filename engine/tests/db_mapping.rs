@@ -2,6 +2,8 @@
 //! machine (a uniquely named database per test, dropped afterwards) and an SQLite file.
 //! Unreachable servers skip (fail under `CI=true`).
 
+mod common;
+
 use nextcloud_push_engine::db::{DbStorageMapping, MappingOptions};
 use nextcloud_push_engine::StorageMapping;
 use std::sync::Arc;
@@ -277,32 +279,50 @@ macro_rules! per_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn home_share_group_prefix_unknown_counts() {
-                scenarios($backend, "oc_").await;
+                common::time_limit(async {
+                    scenarios($backend, "oc_").await;
+                })
+                .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn other_table_prefix() {
-                scenarios($backend, "nc42_").await;
+                common::time_limit(async {
+                    scenarios($backend, "nc42_").await;
+                })
+                .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn invalidation_makes_new_shares_visible() {
-                invalidation($backend).await;
+                common::time_limit(async {
+                    invalidation($backend).await;
+                })
+                .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn follow_up_invalidation_sees_late_mount_rows() {
-                follow_up($backend).await;
+                common::time_limit(async {
+                    follow_up($backend).await;
+                })
+                .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn stale_while_revalidate_and_single_flight() {
-                stale_while_revalidate($backend).await;
+                common::time_limit(async {
+                    stale_while_revalidate($backend).await;
+                })
+                .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn latency() {
-                super::latency($backend).await;
+                common::time_limit(async {
+                    super::latency($backend).await;
+                })
+                .await;
             }
         }
     )*};

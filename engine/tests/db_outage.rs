@@ -2,6 +2,8 @@
 //! PostgreSQL (through a TCP proxy the test controls) and SQLite (the file appears later).
 //! Checks the log lines too: one `NCP1101` warning per outage, `NCP1102` on recovery.
 
+mod common;
+
 use nextcloud_push_engine::db::{DbStorageMapping, MappingOptions};
 use nextcloud_push_engine::StorageMapping;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -142,62 +144,74 @@ async fn down_then_up(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_down_at_start_then_up() {
-    down_then_up(Backend::MySql).await;
+    common::time_limit(async {
+        down_then_up(Backend::MySql).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_at_start_then_up() {
-    down_then_up(Backend::Postgres).await;
+    common::time_limit(async {
+        down_then_up(Backend::Postgres).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_file_missing_at_start_then_present() {
-    capture();
-    let db = require!(TestDb::create(Backend::Sqlite, "oc_").await);
-    populate(&db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let later = dir.path().join("owncloud.db");
-    let mapping =
-        DbStorageMapping::from_url(&format!("sqlite://{}", later.display()), "oc_", options())
-            .expect("mapping");
-    let description = mapping.config().describe();
-    wait_available(&mapping, false).await;
-    assert!(mapping.users_for(1, "files").await.is_empty());
-    assert_eq!(lines("NCP1101", &description).len(), 1);
-    assert!(!later.exists(), "Nextcloud's database file is never created by us");
+    common::time_limit(async {
+        capture();
+        let db = require!(TestDb::create(Backend::Sqlite, "oc_").await);
+        populate(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let later = dir.path().join("owncloud.db");
+        let mapping =
+            DbStorageMapping::from_url(&format!("sqlite://{}", later.display()), "oc_", options())
+                .expect("mapping");
+        let description = mapping.config().describe();
+        wait_available(&mapping, false).await;
+        assert!(mapping.users_for(1, "files").await.is_empty());
+        assert_eq!(lines("NCP1101", &description).len(), 1);
+        assert!(!later.exists(), "Nextcloud's database file is never created by us");
 
-    std::fs::copy(db.sqlite_file().unwrap(), &later).unwrap();
-    wait_available(&mapping, true).await;
-    assert_eq!(sorted(mapping.users_for(1, "files/Shared stuff").await), ["alice", "bob"]);
-    mapping.close().await;
+        std::fs::copy(db.sqlite_file().unwrap(), &later).unwrap();
+        wait_available(&mapping, true).await;
+        assert_eq!(sorted(mapping.users_for(1, "files/Shared stuff").await), ["alice", "bob"]);
+        mapping.close().await;
+    })
+    .await;
 }
 
 /// A reachable database with a wrong table prefix is not an outage: it is logged (NCP1103, at
 /// most once a minute) and lookups reach nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_prefix_is_a_query_error_not_an_outage() {
-    capture();
-    let db = require!(TestDb::create(Backend::Sqlite, "oc_").await);
-    populate(&db).await;
-    let mapping: Arc<DbStorageMapping> =
-        DbStorageMapping::from_url(db.url(), "wrong_", options()).expect("mapping");
-    let description = mapping.config().describe();
-    assert!(mapping.users_for(1, "files").await.is_empty());
-    assert!(mapping.users_for(2, "files").await.is_empty());
-    assert!(mapping.is_available());
-    assert!(
-        testkit::wait_until(Duration::from_secs(5), || async {
-            !lines("NCP1103", &description).is_empty()
-        })
-        .await,
-        "the failing query is logged"
-    );
-    assert_eq!(lines("NCP1103", &description).len(), 1, "rate-limited");
-    assert!(lines("NCP1103", &description)[0].2.contains("wrong_mounts"));
-    assert!(lines("NCP1101", &description).is_empty());
-    // errors are not cached: each lookup tries again
-    assert_eq!(mapping.query_count(), 2);
-    assert!(mapping.users_for(1, "files").await.is_empty());
-    assert_eq!(mapping.query_count(), 3);
-    mapping.close().await;
+    common::time_limit(async {
+        capture();
+        let db = require!(TestDb::create(Backend::Sqlite, "oc_").await);
+        populate(&db).await;
+        let mapping: Arc<DbStorageMapping> =
+            DbStorageMapping::from_url(db.url(), "wrong_", options()).expect("mapping");
+        let description = mapping.config().describe();
+        assert!(mapping.users_for(1, "files").await.is_empty());
+        assert!(mapping.users_for(2, "files").await.is_empty());
+        assert!(mapping.is_available());
+        assert!(
+            testkit::wait_until(Duration::from_secs(5), || async {
+                !lines("NCP1103", &description).is_empty()
+            })
+            .await,
+            "the failing query is logged"
+        );
+        assert_eq!(lines("NCP1103", &description).len(), 1, "rate-limited");
+        assert!(lines("NCP1103", &description)[0].2.contains("wrong_mounts"));
+        assert!(lines("NCP1101", &description).is_empty());
+        // errors are not cached: each lookup tries again
+        assert_eq!(mapping.query_count(), 2);
+        assert!(mapping.users_for(1, "files").await.is_empty());
+        assert_eq!(mapping.query_count(), 3);
+        mapping.close().await;
+    })
+    .await;
 }

@@ -39,105 +39,128 @@ async fn wait_end(raw: &mut RawWs, timeout: Duration) -> WsEnd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_ping_about_half_a_second_after_auth_and_pong_keeps_the_connection() {
-    let h =
-        require!(Harness::start_with(|c| c.timing.ping_interval = Duration::from_secs(1)).await);
-    let mut raw = raw_login(&h).await;
-    let authenticated = Instant::now();
-    let payload = next_ping(&mut raw, FRAME).await;
-    let elapsed = authenticated.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1200),
-        "first ping after {elapsed:?}"
-    );
-    assert_eq!(payload.len(), 4);
-    assert_ne!(u32::from_le_bytes(payload.clone().try_into().unwrap()), 0);
-    raw.send_frame(opcode::PONG, &payload).await;
-    // the next ping comes after the interval of outgoing silence, with a new payload
-    let second = next_ping(&mut raw, FRAME).await;
-    assert_eq!(second.len(), 4);
-    raw.send_frame(opcode::PONG, &second).await;
-    h.publish("notify_activity", r#"{"user":"foo"}"#).await;
-    assert_eq!(raw.next_text(FRAME).await, Ok("notify_activity".into()));
+    common::time_limit(async {
+        let h = require!(
+            Harness::start_with(|c| c.timing.ping_interval = Duration::from_secs(1)).await
+        );
+        let mut raw = raw_login(&h).await;
+        let authenticated = Instant::now();
+        let payload = next_ping(&mut raw, FRAME).await;
+        let elapsed = authenticated.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1200),
+            "first ping after {elapsed:?}"
+        );
+        assert_eq!(payload.len(), 4);
+        assert_ne!(u32::from_le_bytes(payload.clone().try_into().unwrap()), 0);
+        raw.send_frame(opcode::PONG, &payload).await;
+        // the next ping comes after the interval of outgoing silence, with a new payload
+        let second = next_ping(&mut raw, FRAME).await;
+        assert_eq!(second.len(), 4);
+        raw.send_frame(opcode::PONG, &second).await;
+        h.publish("notify_activity", r#"{"user":"foo"}"#).await;
+        assert_eq!(raw.next_text(FRAME).await, Ok("notify_activity".into()));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_ping_drops_the_connection() {
-    let h =
-        require!(Harness::start_with(|c| c.timing.ping_interval = Duration::from_secs(1)).await);
-    let mut raw = raw_login(&h).await;
-    let _ = next_ping(&mut raw, FRAME).await;
-    let pinged = Instant::now();
-    assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
-    let elapsed = pinged.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
-        "dropped after {elapsed:?}"
-    );
-    h.wait_connections(0).await;
+    common::time_limit(async {
+        let h = require!(
+            Harness::start_with(|c| c.timing.ping_interval = Duration::from_secs(1)).await
+        );
+        let mut raw = raw_login(&h).await;
+        let _ = next_ping(&mut raw, FRAME).await;
+        let pinged = Instant::now();
+        assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+        let elapsed = pinged.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+            "dropped after {elapsed:?}"
+        );
+        h.wait_connections(0).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mismatched_pong_drops_the_connection() {
-    let h = require!(Harness::start().await);
-    let mut raw = raw_login(&h).await;
-    let payload = next_ping(&mut raw, FRAME).await;
-    let wrong: Vec<u8> = payload.iter().map(|b| b ^ 0xff).collect();
-    raw.send_frame(opcode::PONG, &wrong).await;
-    assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let mut raw = raw_login(&h).await;
+        let payload = next_ping(&mut raw, FRAME).await;
+        let wrong: Vec<u8> = payload.iter().map(|b| b ^ 0xff).collect();
+        raw.send_frame(opcode::PONG, &wrong).await;
+        assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsolicited_pong_drops_the_connection() {
-    let h = require!(Harness::start().await);
-    let mut raw = raw_login(&h).await;
-    let payload = next_ping(&mut raw, FRAME).await;
-    raw.send_frame(opcode::PONG, &payload).await;
-    // answered; another (empty) pong is unsolicited
-    raw.send_frame(opcode::PONG, b"").await;
-    assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let mut raw = raw_login(&h).await;
+        let payload = next_ping(&mut raw, FRAME).await;
+        raw.send_frame(opcode::PONG, &payload).await;
+        // answered; another (empty) pong is unsolicited
+        raw.send_frame(opcode::PONG, b"").await;
+        assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ping_is_answered_with_the_same_payload() {
-    let h = require!(Harness::start().await);
-    let mut raw = raw_login(&h).await;
-    raw.send_frame(opcode::PING, b"hello").await;
-    loop {
-        let frame = raw.read_frame(FRAME).await.expect("pong");
-        if frame.opcode == opcode::PONG {
-            assert_eq!(frame.payload, b"hello");
-            break;
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let mut raw = raw_login(&h).await;
+        raw.send_frame(opcode::PING, b"hello").await;
+        loop {
+            let frame = raw.read_frame(FRAME).await.expect("pong");
+            if frame.opcode == opcode::PONG {
+                assert_eq!(frame.payload, b"hello");
+                break;
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_close_is_echoed() {
-    let h = require!(Harness::start().await);
-    let mut raw = raw_login(&h).await;
-    let mut payload = 1000u16.to_be_bytes().to_vec();
-    payload.extend_from_slice(b"bye");
-    raw.send_frame(opcode::CLOSE, &payload).await;
-    loop {
-        let frame = raw.read_frame(FRAME).await.expect("close echo");
-        if frame.opcode == opcode::CLOSE {
-            assert_eq!(frame.payload, payload);
-            break;
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let mut raw = raw_login(&h).await;
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        raw.send_frame(opcode::CLOSE, &payload).await;
+        loop {
+            let frame = raw.read_frame(FRAME).await.expect("close echo");
+            if frame.opcode == opcode::CLOSE {
+                assert_eq!(frame.payload, payload);
+                break;
+            }
         }
-    }
-    assert!(matches!(raw.read_frame(FRAME).await, Err(WsEnd::Dropped(_))));
-    h.wait_connections(0).await;
+        assert!(matches!(raw.read_frame(FRAME).await, Err(WsEnd::Dropped(_))));
+        h.wait_connections(0).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connection_time_sends_an_empty_close_frame() {
-    let h = require!(Harness::start_with(|c| c.max_connection_time = 1).await);
-    let mut foo = h.login("foo", "bar").await;
-    let started = Instant::now();
-    assert_eq!(foo.next_text(FRAME).await, Err(WsEnd::Closed(None)));
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
-        "closed after {elapsed:?}"
-    );
+    common::time_limit(async {
+        let h = require!(Harness::start_with(|c| c.max_connection_time = 1).await);
+        let mut foo = h.login("foo", "bar").await;
+        let started = Instant::now();
+        assert_eq!(foo.next_text(FRAME).await, Err(WsEnd::Closed(None)));
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+            "closed after {elapsed:?}"
+        );
+    })
+    .await;
 }

@@ -338,54 +338,58 @@ async fn expect<R: AsyncRead + Unpin>(r: &mut R, want: &[u8]) {
 /// reader sees end of stream, the client sees our close_notify: a clean EOF for rustls).
 #[tokio::test]
 async fn tls_rustls_every_suite_both_ways() {
-    within(async {
-        for (suite, cert) in suites() {
-            let name = format!("{:?}", suite.suite());
-            let h = handshake(suite, cert).await;
-            for wrong in [h.state.write_seq - 1, h.state.write_seq + 1] {
-                let mut s = h.state.clone();
-                s.write_seq = wrong;
-                assert!(
-                    matches!(tls::adopt(s), Err(TlsError::SelfCheckFailed(_))),
-                    "{name}: write_seq {wrong} must be refused"
-                );
-            }
-            let suite_id = h.state.suite;
-            let last_explicit =
-                u64::from_be_bytes(h.state.last_server_record[5..13].try_into().unwrap());
-            let (mut client, mut server, written, before) = h.adopt();
-
-            send(&mut server, b"hello from the daemon").await;
-            expect(&mut client, b"hello from the daemon").await;
-            send(&mut client, b"hello from the client").await;
-            expect(&mut server, b"hello from the client").await;
-            assert_eq!(server.buffered_capacity(), (0, 0, 0), "{name}: idle");
-
-            let big: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(7) >> 3) as u8).collect();
-            send(&mut server, &big).await;
-            expect(&mut client, &big).await;
-            send(&mut client, &big).await;
-            expect(&mut server, &big).await;
-            assert_eq!(server.buffered_capacity(), (0, 0, 0), "{name}: idle");
-
-            let ours = Handoff::records_since(&written, before);
-            assert_eq!(ours.len(), 1 + 7, "{name}: 1 + ceil(100000 / 16384) records");
-            assert!(ours.iter().all(|r| r.len() <= 5 + 8 + 16384 + 1 + 16), "{name}");
-            if is_tls12_gcm(suite_id) {
-                for (i, r) in ours.iter().enumerate() {
-                    let explicit = u64::from_be_bytes(r[5..13].try_into().unwrap());
-                    assert_eq!(explicit, last_explicit.wrapping_add(1 + i as u64), "{name}");
+    common::time_limit(async {
+        within(async {
+            for (suite, cert) in suites() {
+                let name = format!("{:?}", suite.suite());
+                let h = handshake(suite, cert).await;
+                for wrong in [h.state.write_seq - 1, h.state.write_seq + 1] {
+                    let mut s = h.state.clone();
+                    s.write_seq = wrong;
+                    assert!(
+                        matches!(tls::adopt(s), Err(TlsError::SelfCheckFailed(_))),
+                        "{name}: write_seq {wrong} must be refused"
+                    );
                 }
-            }
+                let suite_id = h.state.suite;
+                let last_explicit =
+                    u64::from_be_bytes(h.state.last_server_record[5..13].try_into().unwrap());
+                let (mut client, mut server, written, before) = h.adopt();
 
-            client.get_mut().1.send_close_notify();
-            client.flush().await.unwrap();
-            let mut rest = Vec::new();
-            server.read_to_end(&mut rest).await.unwrap();
-            assert!(rest.is_empty(), "{name}");
-            let n = client.read(&mut [0u8; 16]).await.expect("a clean close_notify");
-            assert_eq!(n, 0, "{name}");
-        }
+                send(&mut server, b"hello from the daemon").await;
+                expect(&mut client, b"hello from the daemon").await;
+                send(&mut client, b"hello from the client").await;
+                expect(&mut server, b"hello from the client").await;
+                assert_eq!(server.buffered_capacity(), (0, 0, 0), "{name}: idle");
+
+                let big: Vec<u8> =
+                    (0..100_000u32).map(|i| (i.wrapping_mul(7) >> 3) as u8).collect();
+                send(&mut server, &big).await;
+                expect(&mut client, &big).await;
+                send(&mut client, &big).await;
+                expect(&mut server, &big).await;
+                assert_eq!(server.buffered_capacity(), (0, 0, 0), "{name}: idle");
+
+                let ours = Handoff::records_since(&written, before);
+                assert_eq!(ours.len(), 1 + 7, "{name}: 1 + ceil(100000 / 16384) records");
+                assert!(ours.iter().all(|r| r.len() <= 5 + 8 + 16384 + 1 + 16), "{name}");
+                if is_tls12_gcm(suite_id) {
+                    for (i, r) in ours.iter().enumerate() {
+                        let explicit = u64::from_be_bytes(r[5..13].try_into().unwrap());
+                        assert_eq!(explicit, last_explicit.wrapping_add(1 + i as u64), "{name}");
+                    }
+                }
+
+                client.get_mut().1.send_close_notify();
+                client.flush().await.unwrap();
+                let mut rest = Vec::new();
+                server.read_to_end(&mut rest).await.unwrap();
+                assert!(rest.is_empty(), "{name}");
+                let n = client.read(&mut [0u8; 16]).await.expect("a clean close_notify");
+                assert_eq!(n, 0, "{name}");
+            }
+        })
+        .await;
     })
     .await;
 }
@@ -393,45 +397,48 @@ async fn tls_rustls_every_suite_both_ways() {
 /// 10,000 messages each way, in order, concurrently.
 #[tokio::test]
 async fn tls_rustls_10000_messages_in_order() {
-    within(async {
-        use rring::cipher_suite::*;
-        for (suite, cert) in [
-            (TLS13_AES_128_GCM_SHA256, Cert::Ecdsa),
-            (TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, Cert::Rsa),
-            (TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, Cert::Ecdsa),
-        ] {
-            let (client, server, ..) = handshake(suite, cert).await.adopt();
-            let (mut client_rd, mut client_wr) = tokio::io::split(client);
-            let (mut server_rd, mut server_wr) = tokio::io::split(server);
-            const N: u64 = 10_000;
-            let down = async {
-                for i in 0..N {
-                    send(&mut server_wr, &i.to_be_bytes()).await;
-                }
-            };
-            let down_rd = async {
-                for i in 0..N {
-                    let mut b = [0u8; 8];
-                    client_rd.read_exact(&mut b).await.unwrap();
-                    assert_eq!(u64::from_be_bytes(b), i);
-                }
-            };
-            let up = async {
-                for i in 0..N {
-                    send(&mut client_wr, &i.to_be_bytes()).await;
-                }
-            };
-            let up_rd = async {
-                for i in 0..N {
-                    let mut b = [0u8; 8];
-                    server_rd.read_exact(&mut b).await.unwrap();
-                    assert_eq!(u64::from_be_bytes(b), i);
-                }
-            };
-            tokio::join!(down, down_rd, up, up_rd);
-            let server = server_rd.unsplit(server_wr);
-            assert!(server.layer().write_seq() >= N && server.layer().read_seq() >= N);
-        }
+    common::time_limit(async {
+        within(async {
+            use rring::cipher_suite::*;
+            for (suite, cert) in [
+                (TLS13_AES_128_GCM_SHA256, Cert::Ecdsa),
+                (TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, Cert::Rsa),
+                (TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, Cert::Ecdsa),
+            ] {
+                let (client, server, ..) = handshake(suite, cert).await.adopt();
+                let (mut client_rd, mut client_wr) = tokio::io::split(client);
+                let (mut server_rd, mut server_wr) = tokio::io::split(server);
+                const N: u64 = 10_000;
+                let down = async {
+                    for i in 0..N {
+                        send(&mut server_wr, &i.to_be_bytes()).await;
+                    }
+                };
+                let down_rd = async {
+                    for i in 0..N {
+                        let mut b = [0u8; 8];
+                        client_rd.read_exact(&mut b).await.unwrap();
+                        assert_eq!(u64::from_be_bytes(b), i);
+                    }
+                };
+                let up = async {
+                    for i in 0..N {
+                        send(&mut client_wr, &i.to_be_bytes()).await;
+                    }
+                };
+                let up_rd = async {
+                    for i in 0..N {
+                        let mut b = [0u8; 8];
+                        server_rd.read_exact(&mut b).await.unwrap();
+                        assert_eq!(u64::from_be_bytes(b), i);
+                    }
+                };
+                tokio::join!(down, down_rd, up, up_rd);
+                let server = server_rd.unsplit(server_wr);
+                assert!(server.layer().write_seq() >= N && server.layer().read_seq() >= N);
+            }
+        })
+        .await;
     })
     .await;
 }
@@ -441,25 +448,29 @@ async fn tls_rustls_10000_messages_in_order() {
 /// KeyUpdate(update_not_requested) under the old key; the client decrypts what follows.
 #[tokio::test]
 async fn tls_rustls_client_key_update() {
-    within(async {
-        for (suite, cert) in tls13_suites() {
-            let (mut client, mut server, written, before) = handshake(suite, cert).await.adopt();
-            for _ in 0..3 {
-                let mark = written.lock().unwrap().len();
-                client.get_mut().1.refresh_traffic_keys().unwrap();
-                send(&mut client, b"after the key update").await;
-                expect(&mut server, b"after the key update").await;
-                assert_eq!(server.layer().read_seq(), 1, "new read key, one record");
-                assert!(server.layer().key_update_pending());
-                send(&mut server, b"reply").await;
-                expect(&mut client, b"reply").await;
-                assert_eq!(server.layer().write_seq(), 1, "new write key, one record");
-                let ours = Handoff::records_since(&written, mark);
-                assert_eq!(ours.len(), 2);
-                assert_eq!(ours[0].len(), KEY_UPDATE_RECORD_LEN);
+    common::time_limit(async {
+        within(async {
+            for (suite, cert) in tls13_suites() {
+                let (mut client, mut server, written, before) =
+                    handshake(suite, cert).await.adopt();
+                for _ in 0..3 {
+                    let mark = written.lock().unwrap().len();
+                    client.get_mut().1.refresh_traffic_keys().unwrap();
+                    send(&mut client, b"after the key update").await;
+                    expect(&mut server, b"after the key update").await;
+                    assert_eq!(server.layer().read_seq(), 1, "new read key, one record");
+                    assert!(server.layer().key_update_pending());
+                    send(&mut server, b"reply").await;
+                    expect(&mut client, b"reply").await;
+                    assert_eq!(server.layer().write_seq(), 1, "new write key, one record");
+                    let ours = Handoff::records_since(&written, mark);
+                    assert_eq!(ours.len(), 2);
+                    assert_eq!(ours[0].len(), KEY_UPDATE_RECORD_LEN);
+                }
+                let _ = before;
             }
-            let _ = before;
-        }
+        })
+        .await;
     })
     .await;
 }
@@ -467,18 +478,21 @@ async fn tls_rustls_client_key_update() {
 /// More than 8 KeyUpdates within a second: fatal, the client gets unexpected_message.
 #[tokio::test]
 async fn tls_rustls_key_update_rate_limit() {
-    within(async {
-        let (suite, cert) = tls13_suites()[0];
-        let (mut client, mut server, ..) = handshake(suite, cert).await.adopt();
-        for _ in 0..9 {
-            client.get_mut().1.refresh_traffic_keys().unwrap();
-            client.flush().await.unwrap();
-        }
-        send(&mut client, b"x").await;
-        let e = server.read(&mut [0u8; 8]).await.unwrap_err();
-        assert_eq!(tls_error(&e), Some(&TlsError::KeyUpdateRate));
-        let e = client.read(&mut [0u8; 8]).await.unwrap_err();
-        assert!(e.to_string().contains("UnexpectedMessage"), "{e}");
+    common::time_limit(async {
+        within(async {
+            let (suite, cert) = tls13_suites()[0];
+            let (mut client, mut server, ..) = handshake(suite, cert).await.adopt();
+            for _ in 0..9 {
+                client.get_mut().1.refresh_traffic_keys().unwrap();
+                client.flush().await.unwrap();
+            }
+            send(&mut client, b"x").await;
+            let e = server.read(&mut [0u8; 8]).await.unwrap_err();
+            assert_eq!(tls_error(&e), Some(&TlsError::KeyUpdateRate));
+            let e = client.read(&mut [0u8; 8]).await.unwrap_err();
+            assert!(e.to_string().contains("UnexpectedMessage"), "{e}");
+        })
+        .await;
     })
     .await;
 }
@@ -486,27 +500,31 @@ async fn tls_rustls_key_update_rate_limit() {
 /// Our own KeyUpdate, forced by a low limit (3 records per key): the client follows every one.
 #[tokio::test]
 async fn tls_rustls_daemon_key_update() {
-    within(async {
-        for (suite, cert) in tls13_suites() {
-            let (mut client, mut server, written, before) = handshake(suite, cert).await.adopt();
-            server.layer_mut().set_key_update_limit(3);
-            for i in 0..100u64 {
-                send(&mut server, &i.to_be_bytes()).await;
-                assert!(server.layer().write_seq() < 3);
+    common::time_limit(async {
+        within(async {
+            for (suite, cert) in tls13_suites() {
+                let (mut client, mut server, written, before) =
+                    handshake(suite, cert).await.adopt();
+                server.layer_mut().set_key_update_limit(3);
+                for i in 0..100u64 {
+                    send(&mut server, &i.to_be_bytes()).await;
+                    assert!(server.layer().write_seq() < 3);
+                }
+                for i in 0..100u64 {
+                    let mut b = [0u8; 8];
+                    client.read_exact(&mut b).await.unwrap();
+                    assert_eq!(u64::from_be_bytes(b), i);
+                }
+                let ours = Handoff::records_since(&written, before);
+                let updates = ours.iter().filter(|r| r.len() == KEY_UPDATE_RECORD_LEN).count();
+                assert_eq!(updates, 50, "a KeyUpdate every 2 data records");
+                assert_eq!(ours.len(), 150);
+                // the read side is untouched
+                send(&mut client, b"still here").await;
+                expect(&mut server, b"still here").await;
             }
-            for i in 0..100u64 {
-                let mut b = [0u8; 8];
-                client.read_exact(&mut b).await.unwrap();
-                assert_eq!(u64::from_be_bytes(b), i);
-            }
-            let ours = Handoff::records_since(&written, before);
-            let updates = ours.iter().filter(|r| r.len() == KEY_UPDATE_RECORD_LEN).count();
-            assert_eq!(updates, 50, "a KeyUpdate every 2 data records");
-            assert_eq!(ours.len(), 150);
-            // the read side is untouched
-            send(&mut client, b"still here").await;
-            expect(&mut server, b"still here").await;
-        }
+        })
+        .await;
     })
     .await;
 }
@@ -515,31 +533,34 @@ async fn tls_rustls_daemon_key_update() {
 /// moved on) but did not answer. Our first record must be KeyUpdate(update_not_requested).
 #[tokio::test]
 async fn tls_rustls_owed_key_update() {
-    within(async {
-        for (suite, cert) in tls13_suites() {
-            let mut h = handshake(suite, cert).await;
-            h.client.get_mut().1.refresh_traffic_keys().unwrap();
-            h.client.flush().await.unwrap();
-            // "OpenSSL" consumes the client's KeyUpdate record
-            let mut header = [0u8; 5];
-            h.io.io.read_exact(&mut header).await.unwrap();
-            let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
-            h.io.io.read_exact(&mut body).await.unwrap();
-            assert_eq!(body.len(), 5 + 1 + 16, "a KeyUpdate");
-            h.state.client_secret =
-                tls::next_traffic_secret(h.state.suite, &h.state.client_secret).unwrap();
-            h.state.read_seq = 0;
-            h.state.owes_key_update = true;
-            let (mut client, mut server, written, before) = h.adopt();
-            send(&mut client, b"ping").await;
-            expect(&mut server, b"ping").await;
-            send(&mut server, b"pong").await;
-            expect(&mut client, b"pong").await;
-            let ours = Handoff::records_since(&written, before);
-            assert_eq!(ours.len(), 2);
-            assert_eq!(ours[0].len(), KEY_UPDATE_RECORD_LEN, "the owed KeyUpdate goes first");
-            assert_eq!(server.layer().write_seq(), 1);
-        }
+    common::time_limit(async {
+        within(async {
+            for (suite, cert) in tls13_suites() {
+                let mut h = handshake(suite, cert).await;
+                h.client.get_mut().1.refresh_traffic_keys().unwrap();
+                h.client.flush().await.unwrap();
+                // "OpenSSL" consumes the client's KeyUpdate record
+                let mut header = [0u8; 5];
+                h.io.io.read_exact(&mut header).await.unwrap();
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+                h.io.io.read_exact(&mut body).await.unwrap();
+                assert_eq!(body.len(), 5 + 1 + 16, "a KeyUpdate");
+                h.state.client_secret =
+                    tls::next_traffic_secret(h.state.suite, &h.state.client_secret).unwrap();
+                h.state.read_seq = 0;
+                h.state.owes_key_update = true;
+                let (mut client, mut server, written, before) = h.adopt();
+                send(&mut client, b"ping").await;
+                expect(&mut server, b"ping").await;
+                send(&mut server, b"pong").await;
+                expect(&mut client, b"pong").await;
+                let ours = Handoff::records_since(&written, before);
+                assert_eq!(ours.len(), 2);
+                assert_eq!(ours[0].len(), KEY_UPDATE_RECORD_LEN, "the owed KeyUpdate goes first");
+                assert_eq!(server.layer().write_seq(), 1);
+            }
+        })
+        .await;
     })
     .await;
 }
@@ -548,16 +569,19 @@ async fn tls_rustls_owed_key_update() {
 /// rustls (which reports a missing close_notify as an error).
 #[tokio::test]
 async fn tls_rustls_shutdown_sends_close_notify() {
-    within(async {
-        for (suite, cert) in suites() {
-            let (mut client, mut server, ..) = handshake(suite, cert).await.adopt();
-            server.write_all(b"goodbye").await.unwrap();
-            server.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.expect("a clean close");
-            assert_eq!(got, b"goodbye");
-            assert!(server.write_all(b"late").await.is_err());
-        }
+    common::time_limit(async {
+        within(async {
+            for (suite, cert) in suites() {
+                let (mut client, mut server, ..) = handshake(suite, cert).await.adopt();
+                server.write_all(b"goodbye").await.unwrap();
+                server.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.expect("a clean close");
+                assert_eq!(got, b"goodbye");
+                assert!(server.write_all(b"late").await.is_err());
+            }
+        })
+        .await;
     })
     .await;
 }
@@ -566,26 +590,29 @@ async fn tls_rustls_shutdown_sends_close_notify() {
 /// split so that the ciphertext prefix ends inside its header or body.
 #[tokio::test]
 async fn tls_rustls_prefixes_split_record() {
-    within(async {
-        use rring::cipher_suite::*;
-        for (suite, cert) in [
-            (TLS13_CHACHA20_POLY1305_SHA256, Cert::Rsa),
-            (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, Cert::Ecdsa),
-        ] {
-            for cut in [3, 5, 10] {
-                let mut h = handshake(suite, cert).await;
-                send(&mut h.client, b"pipelined frame").await;
-                let mut partial = vec![0u8; cut];
-                h.io.io.read_exact(&mut partial).await.unwrap();
-                let layer = tls::adopt(h.state).unwrap();
-                let mut server =
-                    TlsStream::new(h.io, layer, b"already decrypted|".to_vec(), partial);
-                expect(&mut server, b"already decrypted|pipelined frame").await;
-                assert_eq!(server.buffered_capacity(), (0, 0, 0));
-                send(&mut server, b"ok").await;
-                expect(&mut h.client, b"ok").await;
+    common::time_limit(async {
+        within(async {
+            use rring::cipher_suite::*;
+            for (suite, cert) in [
+                (TLS13_CHACHA20_POLY1305_SHA256, Cert::Rsa),
+                (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, Cert::Ecdsa),
+            ] {
+                for cut in [3, 5, 10] {
+                    let mut h = handshake(suite, cert).await;
+                    send(&mut h.client, b"pipelined frame").await;
+                    let mut partial = vec![0u8; cut];
+                    h.io.io.read_exact(&mut partial).await.unwrap();
+                    let layer = tls::adopt(h.state).unwrap();
+                    let mut server =
+                        TlsStream::new(h.io, layer, b"already decrypted|".to_vec(), partial);
+                    expect(&mut server, b"already decrypted|pipelined frame").await;
+                    assert_eq!(server.buffered_capacity(), (0, 0, 0));
+                    send(&mut server, b"ok").await;
+                    expect(&mut h.client, b"ok").await;
+                }
             }
-        }
+        })
+        .await;
     })
     .await;
 }
@@ -594,26 +621,29 @@ async fn tls_rustls_prefixes_split_record() {
 /// read with bad_record_mac, which the client receives as a fatal alert.
 #[tokio::test]
 async fn tls_rustls_wrong_read_seq_is_bad_record_mac() {
-    within(async {
-        for (suite, cert) in suites() {
-            let h = handshake(suite, cert).await;
-            let mut wrong = vec![h.state.read_seq + 1];
-            if h.state.read_seq > 0 {
-                wrong.push(h.state.read_seq - 1);
+    common::time_limit(async {
+        within(async {
+            for (suite, cert) in suites() {
+                let h = handshake(suite, cert).await;
+                let mut wrong = vec![h.state.read_seq + 1];
+                if h.state.read_seq > 0 {
+                    wrong.push(h.state.read_seq - 1);
+                }
+                drop(h);
+                for read_seq in wrong {
+                    let mut h = handshake(suite, cert).await;
+                    h.state.read_seq = read_seq;
+                    let (mut client, mut server, ..) = h.adopt();
+                    send(&mut client, b"hello").await;
+                    let e = server.read(&mut [0u8; 8]).await.unwrap_err();
+                    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                    assert_eq!(tls_error(&e), Some(&TlsError::BadRecordMac));
+                    let e = client.read(&mut [0u8; 8]).await.unwrap_err();
+                    assert!(e.to_string().contains("BadRecordMac"), "{e}");
+                }
             }
-            drop(h);
-            for read_seq in wrong {
-                let mut h = handshake(suite, cert).await;
-                h.state.read_seq = read_seq;
-                let (mut client, mut server, ..) = h.adopt();
-                send(&mut client, b"hello").await;
-                let e = server.read(&mut [0u8; 8]).await.unwrap_err();
-                assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-                assert_eq!(tls_error(&e), Some(&TlsError::BadRecordMac));
-                let e = client.read(&mut [0u8; 8]).await.unwrap_err();
-                assert!(e.to_string().contains("BadRecordMac"), "{e}");
-            }
-        }
+        })
+        .await;
     })
     .await;
 }
@@ -622,42 +652,48 @@ async fn tls_rustls_wrong_read_seq_is_bad_record_mac() {
 /// message, ping/pong and the closing handshake.
 #[tokio::test]
 async fn tls_rustls_websocket_on_adopted_stream() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::WebSocketStream;
-    within(async {
-        for (suite, cert) in [tls13_suites()[1], suites()[8]] {
-            let (client, server, ..) = handshake(suite, cert).await.adopt();
-            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-            let mut server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-            client.send(Message::text("listen notify_file_id")).await.unwrap();
-            assert_eq!(
-                server.next().await.unwrap().unwrap(),
-                Message::text("listen notify_file_id")
-            );
-            let blob = vec![0x5a; 70_000];
-            server.send(Message::binary(blob.clone())).await.unwrap();
-            assert_eq!(client.next().await.unwrap().unwrap(), Message::binary(blob));
-            client.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
-            // the server answers pings while reading
-            let server_task = tokio::spawn(async move {
-                while let Some(msg) = server.next().await {
+    common::time_limit(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::WebSocketStream;
+        within(async {
+            for (suite, cert) in [tls13_suites()[1], suites()[8]] {
+                let (client, server, ..) = handshake(suite, cert).await.adopt();
+                let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+                let mut server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+                client.send(Message::text("listen notify_file_id")).await.unwrap();
+                assert_eq!(
+                    server.next().await.unwrap().unwrap(),
+                    Message::text("listen notify_file_id")
+                );
+                let blob = vec![0x5a; 70_000];
+                server.send(Message::binary(blob.clone())).await.unwrap();
+                assert_eq!(client.next().await.unwrap().unwrap(), Message::binary(blob));
+                client.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
+                // the server answers pings while reading
+                let server_task = tokio::spawn(async move {
+                    while let Some(msg) = server.next().await {
+                        msg.unwrap();
+                    }
+                    // what the session does after the closing handshake: close_notify, FIN
+                    server.get_mut().shutdown().await.unwrap();
+                });
+                assert_eq!(
+                    client.next().await.unwrap().unwrap(),
+                    Message::Pong(vec![1, 2, 3].into())
+                );
+                client.close(None).await.unwrap();
+                while let Some(msg) = client.next().await {
                     msg.unwrap();
                 }
-                // what the session does after the closing handshake: close_notify, FIN
-                server.get_mut().shutdown().await.unwrap();
-            });
-            assert_eq!(client.next().await.unwrap().unwrap(), Message::Pong(vec![1, 2, 3].into()));
-            client.close(None).await.unwrap();
-            while let Some(msg) = client.next().await {
-                msg.unwrap();
+                server_task.await.unwrap();
+                let mut rest = Vec::new();
+                client.get_mut().read_to_end(&mut rest).await.expect("a clean close_notify");
+                assert!(rest.is_empty());
             }
-            server_task.await.unwrap();
-            let mut rest = Vec::new();
-            client.get_mut().read_to_end(&mut rest).await.expect("a clean close_notify");
-            assert!(rest.is_empty());
-        }
+        })
+        .await;
     })
     .await;
 }
@@ -667,77 +703,80 @@ async fn tls_rustls_websocket_on_adopted_stream() {
 /// `TlsStream`; login, a push, and the engine's shutdown (Close 1001, close_notify).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_engine_session_on_adopted_stream() {
-    use futures_util::{SinkExt, StreamExt};
-    use nextcloud_push_engine::{Engine, EngineConfig, PushMessage, UpdatedFiles};
-    use testkit::nextcloud::NextcloudDouble;
-    use testkit::redis::RedisServer;
-    use tokio_tungstenite::tungstenite::Message;
-    let redis = testkit::require!(RedisServer::start());
-    let nextcloud = NextcloudDouble::start(common::USERS);
-    let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
-    let engine = Engine::new(config).unwrap();
-    engine.start();
-    assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+    common::time_limit(async {
+        use futures_util::{SinkExt, StreamExt};
+        use nextcloud_push_engine::{Engine, EngineConfig, PushMessage, UpdatedFiles};
+        use testkit::nextcloud::NextcloudDouble;
+        use testkit::redis::RedisServer;
+        use tokio_tungstenite::tungstenite::Message;
+        let redis = testkit::require!(RedisServer::start());
+        let nextcloud = NextcloudDouble::start(common::USERS);
+        let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+        let engine = Engine::new(config).unwrap();
+        engine.start();
+        assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
 
-    for (round, (suite, cert)) in [tls13_suites()[0], suites()[6]].into_iter().enumerate() {
-        let (client, mut server, secrets) = connect(suite, cert).await;
-        let ws_client =
-            tokio::spawn(tokio_tungstenite::client_async("ws://localhost/push/ws", client));
-        // "Apache": the request head, then the 101, through rustls
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            server.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let key = head
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Sec-WebSocket-Key: ").or(l.strip_prefix("sec-websocket-key: "))
-            })
-            .unwrap();
-        let mut response = String::from("HTTP/1.1 101 Switching Protocols\r\n");
-        for (name, value) in nextcloud_push_engine::upgrade::switching_headers(key, None) {
-            response.push_str(&format!("{name}: {value}\r\n"));
-        }
-        response.push_str("\r\n");
-        send(&mut server, response.as_bytes()).await;
-        // hand over while the client reads the 101
-        let (state, io, _) = hand_over(server, &secrets);
-        let layer = tls::adopt(state).unwrap();
-        engine.accept_upgraded(
-            TlsStream::new(io, layer, Vec::new(), Vec::new()),
-            nextcloud_push_engine::Handoff::default(),
-        );
-        let (mut ws, _) = ws_client.await.unwrap().unwrap();
-        ws.send(Message::text("foo")).await.unwrap();
-        ws.send(Message::text("bar")).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("authenticated"));
-        ws.send(Message::text("listen notify_file_id")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        engine.send_to_user("foo", PushMessage::File(UpdatedFiles::Known(vec![7])));
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("notify_file_id [7]"));
-        if round == 0 {
-            // the client closes
-            ws.close(None).await.unwrap();
-        } else {
-            // the engine stops: Close 1001
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.shutdown().await });
-        }
-        let mut close_code = None;
-        while let Some(msg) = ws.next().await {
-            if let Message::Close(Some(frame)) = msg.unwrap() {
-                close_code = Some(u16::from(frame.code));
+        for (round, (suite, cert)) in [tls13_suites()[0], suites()[6]].into_iter().enumerate() {
+            let (client, mut server, secrets) = connect(suite, cert).await;
+            let ws_client =
+                tokio::spawn(tokio_tungstenite::client_async("ws://localhost/push/ws", client));
+            // "Apache": the request head, then the 101, through rustls
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                server.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
             }
+            let head = String::from_utf8(head).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Sec-WebSocket-Key: ").or(l.strip_prefix("sec-websocket-key: "))
+                })
+                .unwrap();
+            let mut response = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+            for (name, value) in nextcloud_push_engine::upgrade::switching_headers(key, None) {
+                response.push_str(&format!("{name}: {value}\r\n"));
+            }
+            response.push_str("\r\n");
+            send(&mut server, response.as_bytes()).await;
+            // hand over while the client reads the 101
+            let (state, io, _) = hand_over(server, &secrets);
+            let layer = tls::adopt(state).unwrap();
+            engine.accept_upgraded(
+                TlsStream::new(io, layer, Vec::new(), Vec::new()),
+                nextcloud_push_engine::Handoff::default(),
+            );
+            let (mut ws, _) = ws_client.await.unwrap().unwrap();
+            ws.send(Message::text("foo")).await.unwrap();
+            ws.send(Message::text("bar")).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("authenticated"));
+            ws.send(Message::text("listen notify_file_id")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            engine.send_to_user("foo", PushMessage::File(UpdatedFiles::Known(vec![7])));
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("notify_file_id [7]"));
+            if round == 0 {
+                // the client closes
+                ws.close(None).await.unwrap();
+            } else {
+                // the engine stops: Close 1001
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.shutdown().await });
+            }
+            let mut close_code = None;
+            while let Some(msg) = ws.next().await {
+                if let Message::Close(Some(frame)) = msg.unwrap() {
+                    close_code = Some(u16::from(frame.code));
+                }
+            }
+            if round == 1 {
+                assert_eq!(close_code, Some(1001));
+            }
+            // then the session ends the TLS session properly
+            let mut rest = Vec::new();
+            ws.get_mut().read_to_end(&mut rest).await.expect("a clean close_notify");
+            assert!(rest.is_empty());
         }
-        if round == 1 {
-            assert_eq!(close_code, Some(1001));
-        }
-        // then the session ends the TLS session properly
-        let mut rest = Vec::new();
-        ws.get_mut().read_to_end(&mut rest).await.expect("a clean close_notify");
-        assert!(rest.is_empty());
-    }
+    })
+    .await;
 }

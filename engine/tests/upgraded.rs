@@ -15,67 +15,75 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_data_is_consumed_before_the_stream() {
-    let redis = require!(RedisServer::start());
-    let nextcloud = NextcloudDouble::start(USERS);
-    let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
-    let engine = Engine::new(config).unwrap();
-    engine.start();
-    assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+    common::time_limit(async {
+        let redis = require!(RedisServer::start());
+        let nextcloud = NextcloudDouble::start(USERS);
+        let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+        let engine = Engine::new(config).unwrap();
+        engine.start();
+        assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let apache_engine = engine.clone();
-    let apache = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let (stream, early_data) = answer_upgrade(stream).await;
-        let early_len = early_data.len();
-        let forwarded_for =
-            vec!["198.51.100.9".parse().unwrap(), "::ffff:127.0.0.1".parse().unwrap()];
-        apache_engine
-            .accept_upgraded(stream, Handoff { early_data, forwarded_for, ..Default::default() });
-        early_len
-    });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let apache_engine = engine.clone();
+        let apache = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (stream, early_data) = answer_upgrade(stream).await;
+            let early_len = early_data.len();
+            let forwarded_for =
+                vec!["198.51.100.9".parse().unwrap(), "::ffff:127.0.0.1".parse().unwrap()];
+            apache_engine.accept_upgraded(
+                stream,
+                Handoff { early_data, forwarded_for, ..Default::default() },
+            );
+            early_len
+        });
 
-    let mut raw = RawWs::connect(
-        &addr.to_string(),
-        "/push/ws",
-        &[],
-        &["foo", "bar", "listen notify_file_id"],
-    )
+        let mut raw = RawWs::connect(
+            &addr.to_string(),
+            "/push/ws",
+            &[],
+            &["foo", "bar", "listen notify_file_id"],
+        )
+        .await;
+        let early_len = apache.await.unwrap();
+        assert!(early_len > 0, "the login frames should have arrived with the head");
+        assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
+        let requests = nextcloud.requests_to(testkit::nextcloud::UID_PATH);
+        assert_eq!(requests[0].header("x-forwarded-for"), Some("198.51.100.9, ::ffff:127.0.0.1"));
+
+        engine.send_to_user(
+            "foo",
+            nextcloud_push_engine::PushMessage::File(nextcloud_push_engine::UpdatedFiles::Known(
+                vec![7],
+            )),
+        );
+        assert_eq!(raw.next_text(FRAME).await, Ok("notify_file_id [7]".into()));
+        engine.shutdown().await;
+    })
     .await;
-    let early_len = apache.await.unwrap();
-    assert!(early_len > 0, "the login frames should have arrived with the head");
-    assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
-    let requests = nextcloud.requests_to(testkit::nextcloud::UID_PATH);
-    assert_eq!(requests[0].header("x-forwarded-for"), Some("198.51.100.9, ::ffff:127.0.0.1"));
-
-    engine.send_to_user(
-        "foo",
-        nextcloud_push_engine::PushMessage::File(nextcloud_push_engine::UpdatedFiles::Known(vec![
-            7,
-        ])),
-    );
-    assert_eq!(raw.next_text(FRAME).await, Ok("notify_file_id [7]".into()));
-    engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_new_needs_a_runtime() {
-    let config = EngineConfig::load(
-        None,
-        &nextcloud_push_engine::Overrides {
-            nextcloud_url: Some("http://127.0.0.1/".into()),
-            redis_url: Some("redis://127.0.0.1/".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let outside =
-        std::thread::spawn(move || Engine::new(config).map(|_| ()).map_err(|e| e.to_string()));
-    assert_eq!(
-        outside.join().unwrap(),
-        Err("Engine::new must be called inside a tokio runtime".to_string())
-    );
+    common::time_limit(async {
+        let config = EngineConfig::load(
+            None,
+            &nextcloud_push_engine::Overrides {
+                nextcloud_url: Some("http://127.0.0.1/".into()),
+                redis_url: Some("redis://127.0.0.1/".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let outside =
+            std::thread::spawn(move || Engine::new(config).map(|_| ()).map_err(|e| e.to_string()));
+        assert_eq!(
+            outside.join().unwrap(),
+            Err("Engine::new must be called inside a tokio runtime".to_string())
+        );
+    })
+    .await;
 }
 
 /// Plays Apache for one connection: reads the head, answers 101, hands the stream over with
@@ -135,37 +143,40 @@ async fn time_to_ping(raw: &mut RawWs, timeout: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_can_shorten_the_ping_interval_of_its_session_only() {
-    let redis = require!(RedisServer::start());
-    let nextcloud = NextcloudDouble::start(USERS);
-    let mut config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
-    config.timing.ping_interval = Duration::from_secs(2);
-    let engine = Engine::new(config).unwrap();
-    engine.start();
+    common::time_limit(async {
+        let redis = require!(RedisServer::start());
+        let nextcloud = NextcloudDouble::start(USERS);
+        let mut config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+        config.timing.ping_interval = Duration::from_secs(2);
+        let engine = Engine::new(config).unwrap();
+        engine.start();
 
-    // The bridged-TLS case: this session pings every ~600 ms, although the engine says 2 s.
-    let addr = serve_one_upgrade(engine.clone(), Some(Duration::from_millis(600))).await;
-    let mut short = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
-    assert_eq!(short.next_text(FRAME).await, Ok("authenticated".into()));
-    let _first = time_to_ping(&mut short, FRAME).await;
-    for _ in 0..2 {
-        let gap = time_to_ping(&mut short, FRAME).await;
-        assert!(
-            gap >= Duration::from_millis(500) && gap < Duration::from_millis(1600),
-            "ping gap {gap:?} with a 600 ms session interval"
-        );
-    }
+        // The bridged-TLS case: this session pings every ~600 ms, although the engine says 2 s.
+        let addr = serve_one_upgrade(engine.clone(), Some(Duration::from_millis(600))).await;
+        let mut short = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
+        assert_eq!(short.next_text(FRAME).await, Ok("authenticated".into()));
+        let _first = time_to_ping(&mut short, FRAME).await;
+        for _ in 0..2 {
+            let gap = time_to_ping(&mut short, FRAME).await;
+            assert!(
+                gap >= Duration::from_millis(500) && gap < Duration::from_millis(1600),
+                "ping gap {gap:?} with a 600 ms session interval"
+            );
+        }
 
-    // A longer interval than the engine's is ignored; `None` is the engine's.
-    for ping_interval in [Some(Duration::from_secs(60)), None] {
-        let addr = serve_one_upgrade(engine.clone(), ping_interval).await;
-        let mut raw = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
-        assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
-        let _first = time_to_ping(&mut raw, Duration::from_secs(10)).await;
-        let gap = time_to_ping(&mut raw, Duration::from_secs(10)).await;
-        assert!(
-            gap >= Duration::from_millis(1900) && gap < Duration::from_millis(3200),
-            "ping gap {gap:?} for {ping_interval:?} with a 2 s engine interval"
-        );
-    }
-    engine.shutdown().await;
+        // A longer interval than the engine's is ignored; `None` is the engine's.
+        for ping_interval in [Some(Duration::from_secs(60)), None] {
+            let addr = serve_one_upgrade(engine.clone(), ping_interval).await;
+            let mut raw = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
+            assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
+            let _first = time_to_ping(&mut raw, Duration::from_secs(10)).await;
+            let gap = time_to_ping(&mut raw, Duration::from_secs(10)).await;
+            assert!(
+                gap >= Duration::from_millis(1900) && gap < Duration::from_millis(3200),
+                "ping gap {gap:?} for {ping_interval:?} with a 2 s engine interval"
+            );
+        }
+        engine.shutdown().await;
+    })
+    .await;
 }

@@ -16,6 +16,20 @@ use testkit::Skip;
 pub const FRAME: Duration = Duration::from_secs(5);
 /// How long "nothing arrives" is watched.
 pub const QUIET: Duration = Duration::from_millis(300);
+/// Overall limit of one test (see [`time_limit`]); the slowest tests take about 20 s.
+pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs a test's body within [`TEST_LIMIT`], so a test that waits forever (for a frame that
+/// never comes, in a read loop that never sees its end) fails with a message instead of hanging
+/// the suite. Every test that waits on the network runs its body through this.
+pub async fn time_limit(test: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
+        panic!(
+            "the test did not finish within {TEST_LIMIT:?}: it waits for something that never \
+             happens (see the last step it logged)"
+        );
+    }
+}
 
 pub const USERS: &[(&str, &str, &str)] = &[
     ("foo", "bar", "foo"),
