@@ -551,7 +551,10 @@ fn percent_encode(s: &str) -> String {
 pub(crate) fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some(at) = rest.find('@') {
+        // The user info ends at the authority's last '@' (a password may hold '@'); the
+        // authority ends at the first '/', '?' or '#'.
+        let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+        if let Some(at) = authority.rfind('@') {
             let userinfo = &rest[..at];
             if let Some((user, _)) = userinfo.split_once(':') {
                 out = format!("{scheme}://{user}:***{}", &rest[at..]);

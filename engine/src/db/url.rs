@@ -251,8 +251,11 @@ impl DbConfig {
         if let Some(password) = parsed.password() {
             config.password = Some(percent_decode(password).map_err(invalid)?);
         }
-        let path = parsed.path().trim_start_matches('/');
-        config.database = percent_decode(path).map_err(invalid)?;
+        // The database name from the raw text: the url crate would resolve a name of "." or
+        // ".." as a dot segment and lose it.
+        let after_authority = rest.find(['/', '?', '#']).map_or("", |end| &rest[end..]);
+        let path = after_authority.split(['?', '#']).next().unwrap_or_default();
+        config.database = percent_decode(path.trim_start_matches('/')).map_err(invalid)?;
 
         let mut explicit_port = parsed.port().is_some();
         let mut socket_port = None;

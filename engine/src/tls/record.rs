@@ -480,6 +480,13 @@ impl RecordLayer {
 
     /// Checks a record header before its body arrives; returns the body length.
     pub fn check_header(&self, header: &[u8]) -> Result<usize, TlsError> {
+        if header.len() < HEADER_LEN {
+            return Err(TlsError::BadLength {
+                what: "record header",
+                len: header.len(),
+                expected: HEADER_LEN,
+            });
+        }
         let typ = header[0];
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         if self.suite.tls13 {
