@@ -946,7 +946,7 @@ async fn a_record_split_across_the_handoff_waits_for_the_rest() {
             Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), AUTHENTICATED, "split at {at}"),
             other => panic!("split at {at}: {other:?}"),
         }
-        let line = stack.apache.await_error_log(&format!("client chain"), T).await;
+        let line = stack.apache.await_error_log("client chain", T).await;
         assert!(line.contains("NCP0114"), "split at {at}: {line}");
         let marker = format!("split_{n}");
         stack

@@ -15,6 +15,7 @@
 pub mod control;
 pub mod handoff;
 pub mod notice;
+mod proptests;
 pub mod ready;
 
 pub use crate::error::WireError;

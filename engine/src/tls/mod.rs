@@ -45,6 +45,19 @@ pub const TLS12: u16 = 0x0303;
 /// TLS 1.3 on the wire (as `SSL_version` reports it).
 pub const TLS13: u16 = 0x0304;
 
+/// Every (version, suite) the record layer adopts, as [`TlsState`] names them.
+pub const SUPPORTED_SUITES: [(u16, u16); 9] = [
+    (TLS13, 0x1301),
+    (TLS13, 0x1302),
+    (TLS13, 0x1303),
+    (TLS12, 0xC02B),
+    (TLS12, 0xC02F),
+    (TLS12, 0xC02C),
+    (TLS12, 0xC030),
+    (TLS12, 0xCCA8),
+    (TLS12, 0xCCA9),
+];
+
 /// What the Apache side hands over with the client socket. The secret fields are wiped on drop.
 ///
 /// Because of that `Drop`, build it field by field (`TlsState { version, suite, .. }` with every

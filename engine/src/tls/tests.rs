@@ -182,17 +182,7 @@ fn tls13_state(suite: u16) -> TlsState {
     state
 }
 
-const ALL_SUITES: [(u16, u16); 9] = [
-    (TLS13, 0x1301),
-    (TLS13, 0x1302),
-    (TLS13, 0x1303),
-    (TLS12, 0xC02B),
-    (TLS12, 0xC02F),
-    (TLS12, 0xC02C),
-    (TLS12, 0xC030),
-    (TLS12, 0xCCA8),
-    (TLS12, 0xCCA9),
-];
+const ALL_SUITES: [(u16, u16); 9] = super::SUPPORTED_SUITES;
 
 fn state_for(version: u16, suite: u16) -> TlsState {
     if version == TLS13 {
