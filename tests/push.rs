@@ -520,3 +520,32 @@ async fn file_events_reach_the_users_the_nextcloud_database_maps_them_to() {
     stack.roundtrip(&mut bob, "bob", "nothing_before_this").await;
     stack.finish();
 }
+
+/// RFC 6455 §7.4.1 through Apache: a client that breaks the WebSocket protocol after login is
+/// told why in a Close frame (1002 protocol error, 1007 text not UTF-8, 1009 message over
+/// 4 KiB); the daemon stays, and another user's session keeps receiving.
+#[tokio::test]
+async fn protocol_errors_get_their_close_code_and_leave_others_alone() {
+    use testkit::ws::{client_frame, opcode, RawWs, WsEnd};
+    let mut stack = require!(stack().await);
+    let daemon = stack.apache.daemon_pid();
+    assert!(daemon.is_some(), "no daemon pid");
+    let mut bob = stack.login(BOB).await;
+    let addr = stack.apache.addr().to_string();
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("unmasked_frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("unknown_opcode", client_frame(0x3, b"x"), 1002),
+        ("invalid_utf8", client_frame(opcode::TEXT, b"a\xff\xfe"), 1007),
+        ("oversize", client_frame(opcode::TEXT, &[b'a'; 5000]), 1009),
+    ];
+    for (what, bytes, code) in cases {
+        let mut raw = RawWs::connect(&addr, "/push/ws", &[], &[ALICE.0, ALICE.1]).await;
+        assert_eq!(raw.next_text(T).await, Ok(AUTHENTICATED.into()), "{what}");
+        raw.send_raw(&bytes).await;
+        let end = raw.next_text(T).await;
+        assert!(matches!(end, Err(WsEnd::Closed(Some((c, _)))) if c == code), "{what}: {end:?}");
+        stack.roundtrip(&mut bob, "bob", what).await;
+    }
+    assert_eq!(stack.apache.daemon_pid(), daemon, "the daemon was replaced");
+    stack.finish();
+}

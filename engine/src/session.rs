@@ -131,6 +131,8 @@ where
 enum Login {
     Ok(String),
     Failed(AuthError),
+    /// The client broke the WebSocket protocol: answered with this Close frame.
+    Broken(CloseFrame),
     Disconnected,
 }
 
@@ -142,10 +144,16 @@ where
     match ws.next().await {
         Some(Ok(Message::Text(text))) => Ok(text.as_str().trim().to_string()),
         Some(Ok(_)) => Err(Login::Failed(AuthError::InvalidMessage)),
-        Some(Err(e)) => {
-            log::debug!(target: AUTH, "connection lost during login: {e}");
-            Err(Login::Disconnected)
-        }
+        Some(Err(e)) => match protocol_close(&e) {
+            Some(frame) => {
+                log::debug!(target: AUTH, "WebSocket error during login, closing with {}: {e}", frame.code);
+                Err(Login::Broken(frame))
+            }
+            None => {
+                log::debug!(target: AUTH, "connection lost during login: {e}");
+                Err(Login::Disconnected)
+            }
+        },
         None => Err(Login::Disconnected),
     }
 }
@@ -220,6 +228,7 @@ async fn run<S>(
     let uid = match outcome {
         Outcome::Login(Login::Ok(uid)) => uid,
         Outcome::Login(Login::Disconnected) => return,
+        Outcome::Login(Login::Broken(frame)) => return Box::pin(refuse(ws, frame)).await,
         Outcome::Login(Login::Failed(error)) => {
             log::debug!(target: AUTH, "login failed: {error}");
             return Box::pin(fail(ws, error.to_string())).await;
@@ -261,6 +270,25 @@ async fn run<S>(
     log::debug!(target: WS, "{} disconnected", LogUser(&uid));
 }
 
+/// The Close frame RFC 6455 §7.4.1 asks for when the client broke the protocol: 1002 for a
+/// protocol violation, 1007 for a text message that is not UTF-8, 1009 for a message over
+/// [`MAX_INCOMING`]. `None` when the connection itself failed (nothing to tell).
+fn protocol_close(error: &tokio_tungstenite::tungstenite::Error) -> Option<CloseFrame> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    use tokio_tungstenite::tungstenite::Error as E;
+    let (code, reason) = match error {
+        E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return None,
+        E::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        E::Utf8(_) => (CloseCode::Invalid, "text message is not UTF-8"),
+        E::Capacity(_) => {
+            const _: () = assert!(MAX_INCOMING == 4096, "the 1009 reason names the limit");
+            (CloseCode::Size, "message too big (limit 4096 bytes)")
+        }
+        _ => return None,
+    };
+    Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })
+}
+
 fn going_away() -> CloseFrame {
     CloseFrame { code: CloseCode::Away, reason: Utf8Bytes::from_static("") }
 }
@@ -292,6 +320,18 @@ where
         }
     })
     .await;
+}
+
+/// Answers a protocol violation: the Close frame that says why, then as [`drop_connection`]
+/// (tungstenite reads nothing more after the error, and unread bytes would turn our close into
+/// a RST that can destroy the frame).
+async fn refuse<S>(mut ws: Ws<S>, frame: CloseFrame)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if ws.send(Message::Close(Some(frame))).await.is_ok() {
+        drop_connection(ws).await;
+    }
 }
 
 /// Sends a Close frame (`None`: empty payload), waits (bounded) for the client's reply, ends.
@@ -340,6 +380,8 @@ enum Flow {
     Drop,
     /// Send this close frame and end.
     Close(Option<CloseFrame>),
+    /// The client broke the protocol: [`refuse`] with this frame.
+    Refuse(CloseFrame),
     /// The connection is over (closed by the client or broken).
     End,
 }
@@ -428,6 +470,7 @@ impl<'a> Connection<'a> {
                 Flow::Drop => Box::pin(drop_connection(ws)).await,
                 // half the shutdown grace, so a silent client cannot hold up Engine::shutdown
                 Flow::Close(frame) => Box::pin(close(ws, frame, timing.shutdown_grace / 2)).await,
+                Flow::Refuse(frame) => Box::pin(refuse(ws, frame)).await,
                 Flow::End => {
                     // flush a pending close echo, if any (bounded)
                     let _ = Box::pin(tokio::time::timeout(LINGER, async {
@@ -469,6 +512,10 @@ impl<'a> Connection<'a> {
             Some(Ok(_)) => Flow::Continue,
             Some(Err(e)) => {
                 use tokio_tungstenite::tungstenite::Error as E;
+                if let Some(frame) = protocol_close(&e) {
+                    log::debug!(target: WS, "WebSocket error on a connection of {}, closing with {}: {e}", LogUser(self.uid), frame.code);
+                    return Flow::Refuse(frame);
+                }
                 match e {
                     E::ConnectionClosed | E::AlreadyClosed | E::Protocol(_) | E::Io(_) => {
                         log::debug!(target: WS, "connection of {} ended: {e}", LogUser(self.uid))
@@ -557,7 +604,9 @@ impl<'a> Connection<'a> {
             };
         }
         if fed {
-            if let flow @ (Flow::Drop | Flow::End | Flow::Close(_)) = self.flush(ws).await {
+            if let flow @ (Flow::Drop | Flow::End | Flow::Close(_) | Flow::Refuse(_)) =
+                self.flush(ws).await
+            {
                 return flow;
             }
         }
@@ -587,7 +636,9 @@ impl<'a> Connection<'a> {
                         return Flow::End;
                     }
                 }
-                if let flow @ (Flow::Drop | Flow::End | Flow::Close(_)) = self.flush(ws).await {
+                if let flow @ (Flow::Drop | Flow::End | Flow::Close(_) | Flow::Refuse(_)) =
+                    self.flush(ws).await
+                {
                     return flow;
                 }
             }

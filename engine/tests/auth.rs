@@ -324,11 +324,14 @@ async fn oversized_auth_frame_is_refused() {
         let addr = h.addr.to_string();
         let mut raw = RawWs::connect(&addr, "/ws", &[], &[]).await;
         raw.send_frame(opcode::TEXT, &vec![b'a'; 5000]).await;
-        // no `authenticated`, the connection ends
+        // no `authenticated`: the connection ends with 1009 (message too big)
         loop {
             match raw.read_frame(FRAME).await {
+                Ok(frame) if frame.opcode == opcode::CLOSE => {
+                    assert_eq!(frame.payload.get(..2), Some(&1009u16.to_be_bytes()[..]));
+                    break;
+                }
                 Ok(frame) => assert_ne!(frame.text(), Some("authenticated")),
-                Err(WsEnd::Dropped(_)) => break,
                 Err(other) => panic!("{other:?}"),
             }
         }
@@ -356,7 +359,44 @@ async fn frames_of_4_kib_are_accepted_before_auth_and_larger_ones_refused() {
         let mut large = RawWs::connect(&h.addr.to_string(), "/ws", &[], &[]).await;
         // nothing after it: the connection may already be gone (reset) when a second frame is sent
         large.send_text(&" ".repeat(4097)).await;
-        assert!(matches!(large.next_text(FRAME).await, Err(WsEnd::Dropped(_))));
+        let end = large.next_text(FRAME).await;
+        assert!(matches!(end, Err(WsEnd::Closed(Some((1009, _))))), "{end:?}");
+    })
+    .await;
+}
+
+/// RFC 6455 §7.4.1: a client that breaks the protocol is told why in a Close frame, before and
+/// after login: 1002 for a protocol violation (an unmasked frame, a reserved bit, an unknown
+/// opcode), 1007 for a text frame that is not UTF-8, 1009 for a message over 4 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_are_answered_with_their_close_code() {
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let addr = h.addr.to_string();
+        let mut reserved_bit = testkit::ws::client_frame(opcode::TEXT, b"hi");
+        reserved_bit[0] |= 0x40;
+        let cases: [(&str, Vec<u8>, u16); 5] = [
+            ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+            ("reserved bit", reserved_bit, 1002),
+            ("unknown opcode", testkit::ws::client_frame(0x3, b"x"), 1002),
+            ("invalid UTF-8", testkit::ws::client_frame(opcode::TEXT, b"a\xff\xfe"), 1007),
+            ("5000-byte message", testkit::ws::client_frame(opcode::TEXT, &[b'a'; 5000]), 1009),
+        ];
+        for logged_in in [false, true] {
+            for (what, bytes, code) in &cases {
+                let login: &[&str] = if logged_in { &["foo", "bar"] } else { &[] };
+                let mut raw = RawWs::connect(&addr, "/ws", &[], login).await;
+                if logged_in {
+                    assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
+                }
+                raw.send_raw(bytes).await;
+                let end = raw.next_text(FRAME).await;
+                assert!(
+                    matches!(end, Err(WsEnd::Closed(Some((c, _)))) if c == *code),
+                    "{what} (logged in: {logged_in}): {end:?}"
+                );
+            }
+        }
     })
     .await;
 }
