@@ -31,7 +31,7 @@ async fn login_succeeds_with_good_and_fails_with_bad_credentials() {
     wrong.send_login(ALICE.0, "not-the-password").await;
     let (texts, ending) = wrong.expect_end(T).await;
     assert_eq!(texts, [INVALID_CREDENTIALS]);
-    assert_eq!(ending, Ending::Dropped, "auth failure ends without a Close frame (1006)");
+    assert!(matches!(ending, Ending::CloseFrame(Some((1008, _)))), "{ending:?}");
 
     let mut nobody = Client::connect(&stack.ws_url(), T).await;
     nobody.send_login("", "whatever").await;
@@ -214,7 +214,7 @@ async fn a_user_gets_65_connections_and_the_66th_is_refused() {
     extra.send_login(ALICE.0, ALICE.1).await;
     let (texts, ending) = extra.expect_end(T).await;
     assert_eq!(texts, [AUTHENTICATED, LIMIT_EXCEEDED]);
-    assert_eq!(ending, Ending::Dropped);
+    assert!(matches!(ending, Ending::CloseFrame(Some((1008, _)))), "{ending:?}");
     // bob is not affected, and all 65 of alice's still get events.
     let _bob = stack.login(BOB).await;
     stack.publish("notify_custom", r#"{"user":"alice","message":"to_65"}"#).await;
@@ -233,11 +233,7 @@ async fn reset_signal_closes_every_connection() {
     for c in [&mut alice, &mut bob] {
         let (texts, ending) = c.expect_end(T).await;
         assert!(texts.is_empty(), "{texts:?}");
-        assert_eq!(
-            ending,
-            Ending::CloseFrame(None),
-            "reset sends a Close frame with an empty payload"
-        );
+        assert_eq!(ending, Ending::CloseFrame(Some((1001, String::new()))), "reset: going away");
     }
     // New logins work after a reset.
     let mut again = stack.login(ALICE).await;

@@ -231,11 +231,17 @@ async fn run<S>(
         Outcome::Login(Login::Broken(frame)) => return Box::pin(refuse(ws, frame)).await,
         Outcome::Login(Login::Failed(error)) => {
             log::debug!(target: AUTH, "login failed: {error}");
-            return Box::pin(fail(ws, error.to_string())).await;
+            let frame = match error {
+                // Nextcloud could not answer: not the client's fault
+                AuthError::Nextcloud(_) => closing(CloseCode::Error, "authentication unavailable"),
+                _ => closing(CloseCode::Policy, "authentication failed"),
+            };
+            return Box::pin(fail(ws, error.to_string(), frame)).await;
         }
         Outcome::Timeout => {
             log::debug!(target: AUTH, "login timed out");
-            return Box::pin(fail(ws, AuthError::Timeout.to_string())).await;
+            let frame = closing(CloseCode::Policy, "authentication timeout");
+            return Box::pin(fail(ws, AuthError::Timeout.to_string(), frame)).await;
         }
         Outcome::Shutdown => {
             return Box::pin(close(ws, Some(going_away()), engine.config.timing.shutdown_grace / 2))
@@ -254,6 +260,7 @@ async fn run<S>(
         return Box::pin(fail(
             ws,
             "Error while handling authentication: Connection limit exceeded for user".into(),
+            closing(CloseCode::Policy, "connection limit exceeded"),
         ))
         .await;
     };
@@ -286,29 +293,39 @@ fn protocol_close(error: &tokio_tungstenite::tungstenite::Error) -> Option<Close
         }
         _ => return None,
     };
-    Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })
+    Some(closing(code, reason))
+}
+
+fn closing(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame { code, reason: Utf8Bytes::from_static(reason) }
 }
 
 fn going_away() -> CloseFrame {
-    CloseFrame { code: CloseCode::Away, reason: Utf8Bytes::from_static("") }
+    closing(CloseCode::Away, "")
 }
 
-/// Sends one text frame, then drops the connection without a close frame (the incumbent's
-/// behaviour; the client sees 1006). Our FIN goes out first and the client's bytes are read
-/// until it closes (bounded), so the text is not lost to a RST.
-async fn fail<S>(mut ws: Ws<S>, text: String)
+/// Sends the incumbent's one text frame (`err: …`, the limit text), then the Close frame that
+/// says why, then ends as [`refuse`] (the incumbent drops TCP there, and clients see 1006).
+async fn fail<S>(mut ws: Ws<S>, text: String, frame: CloseFrame)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = ws.send(Message::text(text)).await;
-    drop_connection(ws).await;
+    if ws.send(Message::text(text)).await.is_ok() {
+        refuse(ws, frame).await;
+    }
 }
 
-async fn drop_connection<S>(mut ws: Ws<S>)
+/// Ends a connection the server refuses (a failed login, the connection limit, a protocol
+/// violation, a keepalive failure): the Close frame that says why, our FIN, then the client's
+/// bytes read and discarded until it closes (bounded by `LINGER`), so the frames already sent
+/// are not destroyed by a RST (tungstenite itself reads nothing more after an error).
+async fn refuse<S>(mut ws: Ws<S>, frame: CloseFrame)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = ws.flush().await;
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
     let stream = ws.get_mut();
     let _ = tokio::time::timeout(LINGER, async {
         let _ = stream.shutdown().await;
@@ -320,18 +337,6 @@ where
         }
     })
     .await;
-}
-
-/// Answers a protocol violation: the Close frame that says why, then as [`drop_connection`]
-/// (tungstenite reads nothing more after the error, and unread bytes would turn our close into
-/// a RST that can destroy the frame).
-async fn refuse<S>(mut ws: Ws<S>, frame: CloseFrame)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if ws.send(Message::Close(Some(frame))).await.is_ok() {
-        drop_connection(ws).await;
-    }
 }
 
 /// Sends a Close frame (`None`: empty payload), waits (bounded) for the client's reply, ends.
@@ -376,8 +381,6 @@ struct Connection<'a> {
 
 enum Flow {
     Continue,
-    /// Drop the TCP connection without a close frame.
-    Drop,
     /// Send this close frame and end.
     Close(Option<CloseFrame>),
     /// The client broke the protocol: [`refuse`] with this frame.
@@ -442,7 +445,7 @@ impl<'a> Connection<'a> {
                     biased;
                     incoming = ws.next() => self.on_incoming(incoming),
                     signal = signals.recv() => match signal {
-                        Ok(Signal::Reset) => Flow::Close(None),
+                        Ok(Signal::Reset) => Flow::Close(Some(going_away())),
                         Ok(Signal::Shutdown) | Err(RecvError::Closed) => Flow::Close(Some(going_away())),
                         Ok(Signal::CloseBridged) if self.bridged => Flow::Close(Some(going_away())),
                         Ok(Signal::CloseBridged) | Err(RecvError::Lagged(_)) => Flow::Continue,
@@ -467,7 +470,6 @@ impl<'a> Connection<'a> {
             // The endings are boxed (here and in `run`): they run once, and inline their state
             // would enlarge every idle session's task.
             match flow {
-                Flow::Drop => Box::pin(drop_connection(ws)).await,
                 // half the shutdown grace, so a silent client cannot hold up Engine::shutdown
                 Flow::Close(frame) => Box::pin(close(ws, frame, timing.shutdown_grace / 2)).await,
                 Flow::Refuse(frame) => Box::pin(refuse(ws, frame)).await,
@@ -503,8 +505,8 @@ impl<'a> Connection<'a> {
                     self.expect_pong = None;
                     Flow::Continue
                 } else {
-                    log::info!(target: WS, "NCP1021: unexpected pong from {}, dropping the connection", LogUser(self.uid));
-                    Flow::Drop
+                    log::info!(target: WS, "NCP1021: unexpected pong from {}, closing the connection", LogUser(self.uid));
+                    Flow::Refuse(closing(CloseCode::Policy, "unexpected pong"))
                 }
             }
             // tungstenite queued the echo (same code and reason); it goes out on the next read
@@ -604,9 +606,7 @@ impl<'a> Connection<'a> {
             };
         }
         if fed {
-            if let flow @ (Flow::Drop | Flow::End | Flow::Close(_) | Flow::Refuse(_)) =
-                self.flush(ws).await
-            {
+            if let flow @ (Flow::End | Flow::Close(_) | Flow::Refuse(_)) = self.flush(ws).await {
                 return flow;
             }
         }
@@ -636,8 +636,7 @@ impl<'a> Connection<'a> {
                         return Flow::End;
                     }
                 }
-                if let flow @ (Flow::Drop | Flow::End | Flow::Close(_) | Flow::Refuse(_)) =
-                    self.flush(ws).await
+                if let flow @ (Flow::End | Flow::Close(_) | Flow::Refuse(_)) = self.flush(ws).await
                 {
                     return flow;
                 }
@@ -645,8 +644,8 @@ impl<'a> Connection<'a> {
         }
         if now.duration_since(self.last_send) > self.ping_interval {
             if self.expect_pong.is_some() {
-                log::info!(target: WS, "NCP1021: {} did not answer a ping, dropping the connection", LogUser(self.uid));
-                return Flow::Drop;
+                log::info!(target: WS, "NCP1021: {} did not answer a ping, closing the connection", LogUser(self.uid));
+                return Flow::Refuse(closing(CloseCode::Error, "ping timeout"));
             }
             let mut value: u32 = 0;
             while value == 0 {

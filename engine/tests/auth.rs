@@ -38,16 +38,13 @@ async fn auth_ok_and_uid_from_nextcloud_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_password_is_invalid_credentials_without_close_frame() {
+async fn wrong_password_is_invalid_credentials_then_close_1008() {
     common::time_limit(async {
         let h = require!(Harness::start().await);
         let mut client = h.client().await;
         let (texts, end) = login_failure(&mut client, "foo", "not_bar").await;
         assert_eq!(texts, vec!["err: Invalid credentials"]);
-        assert!(
-            matches!(end, WsEnd::Dropped(_)),
-            "expected a drop without close frame, got {end:?}"
-        );
+        assert!(matches!(end, WsEnd::Closed(Some((1008, _)))), "{end:?}");
         assert_eq!(h.engine.metrics().active_connection_count, 0);
     })
     .await;
@@ -84,7 +81,7 @@ async fn non_text_auth_frame_is_invalid_message() {
         client.send(Message::Binary(b"foo".to_vec().into())).await;
         let (texts, end) = client.next_end(FRAME).await;
         assert_eq!(texts, vec!["err: Invalid authentication message"]);
-        assert!(matches!(end, WsEnd::Dropped(_)), "{end:?}");
+        assert!(matches!(end, WsEnd::Closed(Some((1008, _)))), "{end:?}");
 
         let mut client = h.client().await;
         client.send_text("foo").await;
@@ -103,7 +100,8 @@ async fn nextcloud_server_error() {
         let mut client = h.client().await;
         let (texts, end) = login_failure(&mut client, "foo", "bar").await;
         assert_eq!(texts, vec![format!("{NC_ERR}Server error: 500 Internal Server Error")]);
-        assert!(matches!(end, WsEnd::Dropped(_)), "{end:?}");
+        // Nextcloud's failure, not the client's: 1011
+        assert!(matches!(end, WsEnd::Closed(Some((1011, _)))), "{end:?}");
     })
     .await;
 }
@@ -163,7 +161,7 @@ async fn auth_timeout_when_nextcloud_is_slow() {
         let started = std::time::Instant::now();
         let (texts, end) = login_failure(&mut client, "foo", "bar").await;
         assert_eq!(texts, vec!["Authentication timeout"]);
-        assert!(matches!(end, WsEnd::Dropped(_)), "{end:?}");
+        assert!(matches!(end, WsEnd::Closed(Some((1008, _)))), "{end:?}");
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "the timeout did not cut the Nextcloud call"

@@ -215,14 +215,14 @@ async fn test_cookie_config_and_metrics_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_signal_closes_every_session_with_empty_close_frame() {
+async fn reset_signal_closes_every_session_with_1001() {
     common::time_limit(async {
         let h = require!(Harness::start().await);
         let mut foo = h.login("foo", "bar").await;
         let mut foo2 = h.login("foo2", "bar2").await;
         h.publish("notify_signal", r#""reset""#).await;
-        assert_eq!(foo.next_text(FRAME).await, Err(WsEnd::Closed(None)));
-        assert_eq!(foo2.next_text(FRAME).await, Err(WsEnd::Closed(None)));
+        assert_eq!(foo.next_text(FRAME).await, Err(WsEnd::Closed(Some((1001, String::new())))));
+        assert_eq!(foo2.next_text(FRAME).await, Err(WsEnd::Closed(Some((1001, String::new())))));
         h.wait_connections(0).await;
         // new sessions work after a reset
         let mut again = h.login("foo", "bar").await;
@@ -267,7 +267,7 @@ async fn connection_limit_is_65_per_user() {
                 "Error while handling authentication: Connection limit exceeded for user"
             ]
         );
-        assert!(matches!(end, WsEnd::Dropped(_)), "{end:?}");
+        assert!(matches!(end, WsEnd::Closed(Some((1008, _)))), "{end:?}");
         // another user is not affected
         let _foo2 = h.login("foo2", "bar2").await;
         h.wait_connections(66).await;

@@ -22,7 +22,7 @@ async fn next_ping(raw: &mut RawWs, timeout: Duration) -> Vec<u8> {
     }
 }
 
-/// Reads until the connection ends; `Dropped` means no close frame.
+/// Reads until the connection ends: `Closed` with the code of the server's Close frame.
 async fn wait_end(raw: &mut RawWs, timeout: Duration) -> WsEnd {
     loop {
         match raw.read_frame(timeout).await {
@@ -65,7 +65,7 @@ async fn first_ping_about_half_a_second_after_auth_and_pong_keeps_the_connection
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unanswered_ping_drops_the_connection() {
+async fn unanswered_ping_closes_the_connection_with_1011() {
     common::time_limit(async {
         let h = require!(
             Harness::start_with(|c| c.timing.ping_interval = Duration::from_secs(1)).await
@@ -73,11 +73,12 @@ async fn unanswered_ping_drops_the_connection() {
         let mut raw = raw_login(&h).await;
         let _ = next_ping(&mut raw, FRAME).await;
         let pinged = Instant::now();
-        assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+        let end = wait_end(&mut raw, FRAME).await;
+        assert!(matches!(end, WsEnd::Closed(Some((1011, _)))), "{end:?}");
         let elapsed = pinged.elapsed();
         assert!(
             elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
-            "dropped after {elapsed:?}"
+            "closed after {elapsed:?}"
         );
         h.wait_connections(0).await;
     })
@@ -85,20 +86,21 @@ async fn unanswered_ping_drops_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mismatched_pong_drops_the_connection() {
+async fn mismatched_pong_closes_the_connection_with_1008() {
     common::time_limit(async {
         let h = require!(Harness::start().await);
         let mut raw = raw_login(&h).await;
         let payload = next_ping(&mut raw, FRAME).await;
         let wrong: Vec<u8> = payload.iter().map(|b| b ^ 0xff).collect();
         raw.send_frame(opcode::PONG, &wrong).await;
-        assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+        let end = wait_end(&mut raw, FRAME).await;
+        assert!(matches!(end, WsEnd::Closed(Some((1008, _)))), "{end:?}");
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsolicited_pong_drops_the_connection() {
+async fn unsolicited_pong_closes_the_connection_with_1008() {
     common::time_limit(async {
         let h = require!(Harness::start().await);
         let mut raw = raw_login(&h).await;
@@ -106,7 +108,8 @@ async fn unsolicited_pong_drops_the_connection() {
         raw.send_frame(opcode::PONG, &payload).await;
         // answered; another (empty) pong is unsolicited
         raw.send_frame(opcode::PONG, b"").await;
-        assert!(matches!(wait_end(&mut raw, FRAME).await, WsEnd::Dropped(_)));
+        let end = wait_end(&mut raw, FRAME).await;
+        assert!(matches!(end, WsEnd::Closed(Some((1008, _)))), "{end:?}");
     })
     .await;
 }
