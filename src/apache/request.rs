@@ -209,22 +209,36 @@ pub unsafe fn drain(r: *mut ffi::request_rec, limit: usize) -> Result<Vec<u8>, C
                 }
                 return Err(ClientError::Drain(rv));
             }
-            let mut len: ffi::apr_off_t = 0;
-            let rv = ffi::apr_brigade_length(bb, 1, &mut len);
-            if rv != 0 || len <= 0 {
-                ffi::apr_brigade_cleanup(bb as *mut _);
+            let got = append_brigade(bb, &mut out);
+            ffi::apr_brigade_cleanup(bb as *mut _);
+            if !got {
                 break;
             }
-            let start = out.len();
-            out.resize(start + len as usize, 0);
-            let mut got = len as ffi::apr_size_t;
-            ffi::apr_brigade_flatten(bb, out[start..].as_mut_ptr() as *mut _, &mut got);
-            out.truncate(start + got);
-            ffi::apr_brigade_cleanup(bb as *mut _);
             if out.len() > limit {
                 return Err(ClientError::TooMuch(limit));
             }
         }
     }
     Ok(out)
+}
+
+/// Appends the bytes of `bb` to `out` (the brigade is left for the caller to clean up); `false`
+/// when it holds none or its length is unknown.
+///
+/// # Safety
+/// `bb` is a live brigade.
+pub(super) unsafe fn append_brigade(bb: *mut ffi::apr_bucket_brigade, out: &mut Vec<u8>) -> bool {
+    let mut len: ffi::apr_off_t = 0;
+    // SAFETY: `bb` is live (the caller's contract); `out[start..]` has room for `len` bytes.
+    unsafe {
+        if ffi::apr_brigade_length(bb, 1, &mut len) != 0 || len <= 0 {
+            return false;
+        }
+        let start = out.len();
+        out.resize(start + len as usize, 0);
+        let mut got = len as ffi::apr_size_t;
+        ffi::apr_brigade_flatten(bb, out[start..].as_mut_ptr() as *mut _, &mut got);
+        out.truncate(start + got);
+    }
+    true
 }

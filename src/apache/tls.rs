@@ -668,15 +668,7 @@ unsafe fn read_below_ssl(c: *mut ffi::conn_rec) -> Result<Vec<u8>, String> {
                 ffi::APR_NONBLOCK_READ,
                 16384,
             );
-            let mut len: ffi::apr_off_t = 0;
-            let got = rv == 0 && ffi::apr_brigade_length(bb, 1, &mut len) == 0 && len > 0;
-            if got {
-                let start = out.len();
-                out.resize(start + len as usize, 0);
-                let mut n = len as ffi::apr_size_t;
-                ffi::apr_brigade_flatten(bb, out[start..].as_mut_ptr() as *mut c_char, &mut n);
-                out.truncate(start + n);
-            }
+            let got = rv == 0 && super::request::append_brigade(bb, &mut out);
             ffi::apr_brigade_cleanup(bb as *mut c_void);
             if !got {
                 break;

@@ -59,9 +59,7 @@ pub async fn handle(mut stream: UnixStream, state: &State) -> Result<(), WireErr
             .map_err(|_| WireError::Timeout(handoff::HANDOFF_TIMEOUT))??;
     let fd = fd.ok_or_else(|| WireError::Protocol("handoff without a client socket".into()))?;
     drop(stream);
-    let tcp = std::net::TcpStream::from(fd);
-    tcp.set_nonblocking(true)?;
-    let tcp = TcpStream::from_std(tcp)?;
+    let tcp = client_stream(fd)?;
     log::debug!(
         target: "nextcloud_push::daemon",
         "NCP0107: WebSocket handed over ({} early bytes, client chain {:?})",
@@ -169,9 +167,7 @@ async fn serve_tls_offer(
     let plaintext = trailing[..offer.plaintext_len as usize].to_vec();
     let ciphertext =
         trailing[offer.plaintext_len as usize..][..offer.ciphertext_len as usize].to_vec();
-    let tcp = std::net::TcpStream::from(fd);
-    tcp.set_nonblocking(true)?;
-    let tcp = TcpStream::from_std(tcp)?;
+    let tcp = client_stream(fd)?;
     log::debug!(
         target: "nextcloud_push::daemon",
         "NCP0114: TLS session handed over ({:#06x}, suite {:#06x}, read/write sequence {}/{}{}, {} plaintext and {} ciphertext bytes pending, client chain {:?})",
@@ -258,6 +254,13 @@ fn admit<'a>(hello: &Hello, state: &'a State) -> Result<&'a Arc<Engine>, Refusal
         }
     }
     Ok(engine)
+}
+
+/// The client's socket, received from an Apache child, as a tokio stream.
+fn client_stream(fd: OwnedFd) -> std::io::Result<TcpStream> {
+    let tcp = std::net::TcpStream::from(fd);
+    tcp.set_nonblocking(true)?;
+    TcpStream::from_std(tcp)
 }
 
 #[cfg(test)]
