@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Client, Stack, ALICE, BOB, QUIET, T};
+use common::{client, Client, Stack, ALICE, BOB, QUIET, T};
 use testkit::apache::Mode;
 use testkit::db::{Backend, TestDb};
 use testkit::require;
@@ -103,12 +103,24 @@ async fn file_events_through_apache(backend: Backend, prefix: &str) {
     let mut alice = stack.login(ALICE).await;
     alice.send_text("listen notify_file_id").await;
     let mut bob = stack.login(BOB).await;
+    // A second session of alice sends its login and its opt-in in the same write as the
+    // handshake: the opt-in, read by Apache with the request, must reach the daemon and count.
+    let mut bytes = client::upgrade_request(stack.apache.port(), "").into_bytes();
+    for text in [ALICE.0, ALICE.1, "listen notify_file_id"] {
+        bytes.extend(client::masked_text_frame(text));
+    }
+    let (stream, head, rest) = client::raw_request(stack.apache.addr(), &bytes, T).await;
+    assert_eq!(client::status_of(&head), Some(101), "{head}");
+    let mut pipelined = Client::from_raw(stream, rest).await;
+    pipelined.expect_text(client::AUTHENTICATED, T).await;
     // The opt-in is processed before this event reaches alice (frames are read in order).
     stack.roundtrip(&mut alice, "alice", "opted_in").await;
+    pipelined.expect_text("opted_in", T).await;
 
     let event = |path: &str, id: u64| format!(r#"{{"storage":7,"path":"{path}","file_id":{id}}}"#);
     stack.publish("notify_storage_update", &event("files/shared/doc.txt", doc)).await;
     alice.expect_text(&format!("notify_file_id [{doc}]"), T).await;
+    pipelined.expect_text(&format!("notify_file_id [{doc}]"), T).await;
     bob.expect_text("notify_file", T).await;
 
     // Only alice's home contains files/private.

@@ -164,6 +164,7 @@ async fn login_frames_pipelined_with_the_handshake_in_one_write_authenticate() {
     let mut bytes = upgrade_request(stack.apache.port(), "").into_bytes();
     bytes.extend(masked_text_frame(ALICE.0));
     bytes.extend(masked_text_frame(ALICE.1));
+    // that the pipelined opt-in takes effect is checked in file_events.rs (it needs a database)
     bytes.extend(masked_text_frame("listen notify_file_id"));
     let (stream, head, rest) = raw_request(stack.apache.addr(), &bytes, T).await;
     assert_eq!(status_of(&head), Some(101), "{head}");
