@@ -141,6 +141,7 @@ async fn an_event_for_alice_never_reaches_bob() {
         ("notify_notification", r#"{"user":"alice"}"#),
         ("notify_custom", r#"{"user":"alice","message":"secret"}"#),
         ("notify_user_share_created", r#"{"user":"alice"}"#),
+        ("notify_group_membership_update", r#"{"user":"alice","group":"staff"}"#),
     ] {
         stack.publish(channel, payload).await;
         for c in [&mut alice, &mut alice2] {
