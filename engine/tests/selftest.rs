@@ -176,31 +176,26 @@ async fn reverse_cookie_mapping_and_remote() {
         assert_eq!(call.header(vouch::HEADER), None, "no vouching without the loopback route");
 
         // Error texts are 200 answers (the self-test prints them).
-        h.nextcloud.route("GET", "/index.php/apps/notify_push/test/cookie", |_, _| {
-            HttpResponse::text(200, "not a number")
-        });
-        assert_eq!(
-            e.test_request("GET", "reverse_cookie", Some(TOKEN)).await,
-            ok("Invalid response when getting test cookie: invalid digit found in string")
-        );
-        h.nextcloud.route("GET", "/index.php/apps/notify_push/test/cookie", |_, _| {
-            HttpResponse::new(
-                400,
-                "text/html",
-                "<p>Access through untrusted domain</p> admin-trusted-domains",
-            )
-        });
-        assert_eq!(
-            e.test_request("GET", "reverse_cookie", Some(TOKEN)).await,
-            ok("127.0.0.1 is not configured as a trusted domain for the nextcloud server")
-        );
-        h.nextcloud.route("GET", "/index.php/apps/notify_push/test/cookie", |_, _| {
-            HttpResponse::json(403, "{}")
-        });
-        assert_eq!(
-            e.test_request("GET", "reverse_cookie", Some(TOKEN)).await,
-            ok("Client error: 403 Forbidden")
-        );
+        for (answer, expected) in [
+            (
+                HttpResponse::text(200, "not a number"),
+                "Invalid response when getting test cookie: invalid digit found in string",
+            ),
+            (
+                HttpResponse::new(
+                    400,
+                    "text/html",
+                    "<p>Access through untrusted domain</p> admin-trusted-domains",
+                ),
+                "127.0.0.1 is not configured as a trusted domain for the nextcloud server",
+            ),
+            (HttpResponse::json(403, "{}"), "Client error: 403 Forbidden"),
+        ] {
+            h.nextcloud.route("GET", "/index.php/apps/notify_push/test/cookie", move |_, _| {
+                answer.clone()
+            });
+            assert_eq!(e.test_request("GET", "reverse_cookie", Some(TOKEN)).await, ok(expected));
+        }
         h.nextcloud.route("GET", "/index.php/apps/notify_push/test/remote", |_, _| {
             HttpResponse::text(200, "proxy.example")
         });
