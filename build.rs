@@ -98,6 +98,8 @@ const FUNCTIONS: &[&str] = &[
     "ap_send_interim_response",
     "ap_get_brigade",
     "ap_get_conn_socket",
+    // WebSockets over HTTP/2 (src/apache/bridge.rs): the h2 stream's input pipe
+    "ap_get_pollfd_from_conn",
     "ap_ssl_conn_is_ssl",
     "ap_rwrite",
     "ap_set_content_type",
@@ -195,6 +197,7 @@ const VARS: &[&str] = &[
     "APR_OC_REASON_(DEATH|UNWRITABLE|RESTART|UNREGISTER|LOST|RUNNING)",
     "AP_CTIME_OPTION_USEC",
     "APR_EAGAIN",
+    "APR_(NO_DESC|POLL_SOCKET|POLL_FILE)",
     "APR_EOF",
     "APR_CTIME_LEN",
     "ap_unixd_config",

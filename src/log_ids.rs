@@ -30,10 +30,11 @@
 //! | `NCP0032` | error | child | the daemon did not accept the handoff in time or refused it (503) |
 //! | `NCP0033` | debug | child | the client went away while the 101 was sent |
 //! | `NCP0034` | error | child | handoff failed after the 101 (the client sees the connection close) |
-//! | `NCP0035` | debug | child | a bridged (TLS) WebSocket ended, and why (daemon closed, client gone, idle for `Timeout`, Apache stopping) |
+//! | `NCP0035` | debug | child | a bridged (TLS or HTTP/2) WebSocket ended, and why (daemon closed, client gone, idle for `Timeout`, Apache stopping) |
 //! | `NCP0036` | debug | child | a wss session's TLS stays with its worker (bridged), and why (not eligible, a record half-read, …) |
 //! | `NCP0037` | debug | child | a wss session's TLS session moved to the push daemon (the worker let go) |
 //! | `NCP0038` | debug | child | a wss upgrade got 503: the bridge cap is reached (the daemon logs NCP0116) |
+//! | `NCP0039` | debug | child | a WebSocket over HTTP/2 (`H2WebSockets on`) is relayed by its h2 worker (bridged) |
 //! | `NCP0040` | error | child | the daemon did not answer a `<base>/test/…` or `<base>/metrics` request (503) |
 //! | `NCP0041` | debug | child | an `X-Nextcloud-Push-Vouch` header was stripped without effect (not from loopback, bad MAC, too old) |
 //! | `NCP0042` | debug | child | a vouched client address was applied to a request from the push daemon |
@@ -45,7 +46,7 @@
 //! | `NCP0105` | warn | daemon | `accept` on the daemon socket failed (e.g. out of descriptors); at most one line per minute |
 //! | `NCP0106` | warn | daemon | a handoff was refused (unknown engine, configuration or protocol mismatch, fd limit, shutting down); one line per 100 refusals |
 //! | `NCP0107` | debug | daemon | a WebSocket was handed over (early bytes, client IP chain) |
-//! | `NCP0108` | debug | daemon | a bridged (TLS) WebSocket arrived from an Apache worker (early bytes, client IP chain, ping interval) |
+//! | `NCP0108` | debug | daemon | a bridged (TLS or HTTP/2) WebSocket arrived from an Apache worker (early bytes, client IP chain, ping interval) |
 //! | `NCP0109` | warn | daemon | a connection to the daemon socket from a uid other than root or Apache's `User` was refused (peer credentials) |
 //! | `NCP0110` | debug | daemon | a control request (self-test endpoint, metrics) was answered |
 //! | `NCP0111` | info | daemon | stop notice from the Apache parent (`apachectl stop` or `graceful-stop`): every session gets Close 1001, then the daemon exits |

@@ -7,7 +7,7 @@
 mod common;
 
 use common::client::{masked_text_frame, upgrade_request};
-use common::{Client, Stack, ALICE, AUTHENTICATED, BOB, T};
+use common::{Client, Stack, ALICE, AUTHENTICATED, BOB, INVALID_CREDENTIALS, T};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -258,77 +258,186 @@ async fn sslkeylogfile_keeps_working_with_the_handoff() {
     stack.finish();
 }
 
+/// A page of the push vhost whose script opens `wss://<host>/push/ws`, sends `user` and
+/// `password` and shows every message (`msg:…`) and the close code (`close:…`), plus the
+/// protocol the page itself came over (`page:h2`, `page:http/1.1`).
+fn push_page(user: &str, password: &str) -> String {
+    format!(
+        "<!doctype html><html><body><script>\n\
+         const out = (t) => {{ const p = document.createElement('p'); p.textContent = t; \
+         document.body.appendChild(p); }};\n\
+         out('page:' + performance.getEntriesByType('navigation')[0].nextHopProtocol);\n\
+         const ws = new WebSocket('wss://' + location.host + '/push/ws');\n\
+         ws.onopen = () => {{ ws.send('{user}'); ws.send('{password}'); }};\n\
+         ws.onmessage = (m) => out('msg:' + m.data);\n\
+         ws.onclose = (e) => out('close:' + e.code);\n\
+         </script></body></html>\n"
+    )
+}
+
+/// A TLS stack that serves `nextcloud/push-test.html` (the page of [`push_page`]).
+async fn page_stack(
+    page: &str,
+    configure: impl FnOnce(testkit::apache::ApacheBuilder) -> testkit::apache::ApacheBuilder,
+) -> Result<(TestCa, Stack), testkit::Skip> {
+    tls_stack(|b| {
+        configure(
+            b.extra_file("nextcloud/push-test.html", page)
+                .server_line(format!(
+                    "LoadModule mime_module {}/mod_mime.so",
+                    testkit::apache::MODULES_DIR
+                ))
+                .server_line("TypesConfig /dev/null")
+                .server_line("AddType text/html .html"),
+        )
+    })
+    .await
+}
+
+/// Headless Chromium showing one page, driven over the DevTools protocol so the page stays
+/// open as long as the test needs it; killed on drop (before Apache stops: its keep-alive
+/// connections would hold a child).
+struct Browser {
+    child: Child,
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `None` (skipped, said why) without Chromium outside CI.
+    fn open(url: &str) -> Option<Browser> {
+        let Some(chromium) = testkit::find_binary("chromium") else {
+            assert!(!testkit::in_ci(), "chromium not found (CI=true: nothing skips)");
+            eprintln!("skipped: chromium not found (apt-get install chromium)");
+            return None;
+        };
+        let profile = tempfile::tempdir().expect("profile dir");
+        let child = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                // The page and the WebSocket use the per-run test CA.
+                "--ignore-certificate-errors",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run chromium");
+        Some(Browser { child, profile })
+    }
+
+    async fn text_when(&self, needle: &str, timeout: Duration) -> String {
+        page_text_when(self.profile.path(), needle, timeout).await
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body `curl` gets for `url` (certificate not checked: the per-run test CA).
+fn curl_text(url: &str) -> String {
+    let out = Command::new("curl").args(["-sk", "--max-time", "5", url]).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn page_url(stack: &Stack) -> String {
+    format!("https://localhost:{}/push-test.html", stack.apache.port())
+}
+
 /// A real browser: headless Chromium loads an https page from the push vhost whose script opens
 /// `wss://<host>/push/ws`, logs in and prints what arrives. The session moves to the daemon
 /// (NCP0114), and an event published afterwards reaches the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_websocket_over_https_is_handed_off() {
-    let Some(chromium) = testkit::find_binary("chromium") else {
-        assert!(!testkit::in_ci(), "chromium not found (CI=true: nothing skips)");
-        eprintln!("skipped: chromium not found (apt-get install chromium)");
-        return;
-    };
-    let page = format!(
-        "<!doctype html><html><body><script>\n\
-         const out = (t) => {{ const p = document.createElement('p'); p.textContent = t; \
-         document.body.appendChild(p); }};\n\
-         const ws = new WebSocket('wss://' + location.host + '/push/ws');\n\
-         ws.onopen = () => {{ ws.send('{}'); ws.send('{}'); }};\n\
-         ws.onmessage = (m) => out('msg:' + m.data);\n\
-         ws.onclose = (e) => out('close:' + e.code);\n\
-         </script></body></html>\n",
-        ALICE.0, ALICE.1
-    );
-    let (_ca, stack) = require!(
-        tls_stack(|b| b
-            .extra_file("nextcloud/push-test.html", &page)
-            .server_line(format!(
-                "LoadModule mime_module {}/mod_mime.so",
-                testkit::apache::MODULES_DIR
-            ))
-            .server_line("TypesConfig /dev/null")
-            .server_line("AddType text/html .html"))
-        .await
-    );
-    let profile = tempfile::tempdir().expect("profile dir");
-    let url = format!("https://localhost:{}/push-test.html", stack.apache.port());
-    // Headless Chromium driven over the DevTools protocol, so the page stays open as long as
-    // the test needs it.
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // The page and the WebSocket use the per-run test CA.
-            "--ignore-certificate-errors",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run chromium");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let kill = Kill(&mut browser);
+    let (_ca, stack) = require!(page_stack(&push_page(ALICE.0, ALICE.1), |b| b).await);
+    let Some(browser) = Browser::open(&page_url(&stack)) else { return };
     stack.apache.await_error_log("NCP0114", Duration::from_secs(30)).await;
     stack.apache.await_error_log("alice connected", T).await;
     stack.publish("notify_custom", r#"{"user":"alice","message":"to_the_browser"}"#).await;
-    let text = page_text_when(profile.path(), "msg:to_the_browser", Duration::from_secs(20)).await;
+    let text = browser.text_when("msg:to_the_browser", Duration::from_secs(20)).await;
     assert!(text.contains(&format!("msg:{AUTHENTICATED}")), "{text}");
-    // The browser goes before Apache stops (its keep-alive connections would hold a child).
-    drop(kill);
+    drop(browser);
+    stack.finish();
+}
+
+/// The failure path in a real browser: a wrong password gives the page exactly the text the
+/// clients compare with (`err: Invalid credentials`), then a close frame with 1008 (policy
+/// violation), not the 1006 of a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_sees_the_refused_login_text_and_close_code_1008() {
+    let (_ca, stack) = require!(page_stack(&push_page(ALICE.0, "wrong"), |b| b).await);
+    let Some(browser) = Browser::open(&page_url(&stack)) else { return };
+    let text = browser.text_when("close:", Duration::from_secs(30)).await;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines[1..], [format!("msg:{INVALID_CREDENTIALS}").as_str(), "close:1008"], "{text}");
+    drop(browser);
+    stack.finish();
+}
+
+/// `H2WebSockets on` (RFC 8441): Chromium opens the WebSocket as an extended CONNECT on the
+/// page's HTTP/2 connection. mod_http2 hands the module an upgrade GET on an h2 stream, which is
+/// relayed by the h2 worker (NCP0039, counted as bridged): login, an event and the browser
+/// leaving all work, and the stream's worker is let go when the browser goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_websocket_over_http2_is_relayed() {
+    let (_ca, stack) = require!(
+        page_stack(&push_page(ALICE.0, ALICE.1), |b| b
+            .server_line(format!(
+                "LoadModule http2_module {}/mod_http2.so",
+                testkit::apache::MODULES_DIR
+            ))
+            .server_line("Protocols h2 http/1.1")
+            .server_line("H2WebSockets on")
+            .server_line("LogLevel http2:trace2")
+            .server_line(format!(
+                "LoadModule status_module {}/mod_status.so",
+                testkit::apache::MODULES_DIR
+            ))
+            .server_line("<Location /server-status>\n    SetHandler server-status\n</Location>"))
+        .await
+    );
+    let Some(browser) = Browser::open(&page_url(&stack)) else { return };
+    let text = browser.text_when("page:", Duration::from_secs(30)).await;
+    assert!(text.contains("page:h2"), "the page did not come over HTTP/2: {text}");
+    stack.apache.await_error_log("NCP0039", T).await;
+    stack.apache.await_error_log("alice connected", T).await;
+    stack.publish("notify_custom", r#"{"user":"alice","message":"over_h2"}"#).await;
+    let text = browser.text_when("msg:over_h2", Duration::from_secs(20)).await;
+    assert!(text.contains(&format!("msg:{AUTHENTICATED}")), "{text}");
+    // An idle relayed stream sleeps in poll(2) on mod_http2's input pipe: its Apache child
+    // uses well under a second of CPU in two seconds (a relay spinning on a readable pipe or
+    // on the placeholder socket would use all of them).
+    let log = stack.apache.error_log();
+    let child: u32 = log
+        .lines()
+        .find(|l| l.contains("NCP0039"))
+        .and_then(|l| l.split("[pid ").nth(1))
+        .and_then(|p| p.split([':', ']']).next())
+        .and_then(|p| p.parse().ok())
+        .expect("the pid of the child that logged NCP0039");
+    let before = testkit::apache::cpu_ticks(child).expect("child's CPU time");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = testkit::apache::cpu_ticks(child).expect("child's CPU time") - before;
+    assert!(used < 50, "the child relaying an idle h2 WebSocket used {used} ticks in 2 s");
+    let status =
+        curl_text(&format!("https://localhost:{}/server-status?auto", stack.apache.port()));
+    assert!(status.lines().any(|l| l == "NextcloudPushSessionsBridged: 1"), "{status}");
+    assert!(!stack.apache.error_log().contains("NCP0114"), "an h2 stream must never be handed off");
+    drop(browser);
+    stack.apache.await_error_log("NCP0035: bridged WebSocket ended", T).await;
+    stack.apache.await_error_log("alice disconnected", T).await;
     stack.finish();
 }
 

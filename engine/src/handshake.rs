@@ -118,7 +118,6 @@ fn validate<'h>(
     let facts = UpgradeRequest {
         method: request.method.unwrap_or_default(),
         http11: request.version == Some(1),
-        h2_secondary: false,
         connection: header("connection"),
         upgrade: header("upgrade"),
         version: header("sec-websocket-version"),

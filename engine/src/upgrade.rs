@@ -42,8 +42,6 @@ pub struct UpgradeRequest<'a> {
     pub method: &'a str,
     /// `r->proto_num >= HTTP/1.1`.
     pub http11: bool,
-    /// `c->master != NULL`: an HTTP/2 stream, whose socket is not the client's.
-    pub h2_secondary: bool,
     pub connection: Option<&'a str>,
     pub upgrade: Option<&'a str>,
     pub version: Option<&'a str>,
@@ -83,12 +81,6 @@ pub fn check_upgrade(req: &UpgradeRequest<'_>) -> Result<(), Refusal> {
     }
     if !req.http11 {
         return Err(Refusal::new(400, "WebSocket upgrades need HTTP/1.1\n"));
-    }
-    if req.h2_secondary {
-        return Err(Refusal::new(
-            400,
-            "WebSocket over HTTP/2 is not supported; connect with HTTP/1.1\n",
-        ));
     }
     // RFC 6455 §4.1: the opening handshake is a GET, which has no defined body (RFC 9110
     // §9.3.1), and no WebSocket client sends one. Accepting it would read the body as frames
@@ -174,7 +166,6 @@ mod tests {
         UpgradeRequest {
             method: "GET",
             http11: true,
-            h2_secondary: false,
             connection: Some("keep-alive, Upgrade"),
             upgrade: Some("websocket"),
             version: Some("13"),
@@ -227,8 +218,6 @@ mod tests {
         let r = check_upgrade(&UpgradeRequest { method: "POST", ..good() }).unwrap_err();
         assert_eq!((r.status, r.headers), (405, &[("Allow", "GET")][..]));
         let r = check_upgrade(&UpgradeRequest { http11: false, ..good() }).unwrap_err();
-        assert_eq!(r.status, 400);
-        let r = check_upgrade(&UpgradeRequest { h2_secondary: true, ..good() }).unwrap_err();
         assert_eq!(r.status, 400);
         let r = check_upgrade(&UpgradeRequest { connection: None, ..good() }).unwrap_err();
         assert_eq!((r.status, r.body), (400, "Invalid request header \"connection\""));

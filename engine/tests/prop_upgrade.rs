@@ -27,7 +27,7 @@ fn expected(r: &UpgradeRequest<'_>) -> Option<u16> {
     if r.method != "GET" {
         return Some(405);
     }
-    if !r.http11 || r.h2_secondary {
+    if !r.http11 {
         return Some(400);
     }
     let body = r.transfer_encoding.is_some()
@@ -85,7 +85,6 @@ fn key() -> impl Strategy<Value = Option<String>> {
 struct Facts {
     method: String,
     http11: bool,
-    h2_secondary: bool,
     connection: Option<String>,
     upgrade: Option<String>,
     version: Option<String>,
@@ -99,7 +98,6 @@ impl Facts {
         UpgradeRequest {
             method: &self.method,
             http11: self.http11,
-            h2_secondary: self.h2_secondary,
             connection: self.connection.as_deref(),
             upgrade: self.upgrade.as_deref(),
             version: self.version.as_deref(),
@@ -112,7 +110,7 @@ impl Facts {
 
 fn facts() -> impl Strategy<Value = Facts> {
     (
-        (method(), prop::bool::weighted(0.9), prop::bool::weighted(0.1)),
+        (method(), prop::bool::weighted(0.9)),
         (
             one_of(&["Upgrade", "keep-alive, Upgrade", "UPGRADE", "upgrade,close", "keep-alive"]),
             one_of(&["websocket", "WebSocket", "foo, websocket", "h2c", "websocket2"]),
@@ -126,13 +124,12 @@ fn facts() -> impl Strategy<Value = Facts> {
     )
         .prop_map(
             |(
-                (method, http11, h2_secondary),
+                (method, http11),
                 (connection, upgrade, version, key),
                 (content_length, transfer_encoding),
             )| Facts {
                 method,
                 http11,
-                h2_secondary,
                 connection,
                 upgrade,
                 version,
@@ -207,13 +204,12 @@ proptest! {
     #[test]
     fn check_upgrade_never_panics_on_arbitrary_fields(
         method in ".{0,8}",
-        flags in any::<(bool, bool)>(),
+        http11 in any::<bool>(),
         fields in vec(proptest::option::of(".{0,32}"), 6),
     ) {
         let request = UpgradeRequest {
             method: &method,
-            http11: flags.0,
-            h2_secondary: flags.1,
+            http11,
             connection: fields[0].as_deref(),
             upgrade: fields[1].as_deref(),
             version: fields[2].as_deref(),
@@ -224,7 +220,7 @@ proptest! {
         let accepted = check_upgrade(&request).is_ok();
         prop_assert_eq!(accepted, expected(&request).is_none());
         if accepted {
-            prop_assert!(method == "GET" && flags.0 && !flags.1);
+            prop_assert!(method == "GET" && http11);
             prop_assert!(fields[0].is_some() && fields[1].is_some() && fields[2].is_some() && fields[3].is_some());
         }
     }
@@ -345,9 +341,7 @@ proptest! {
     /// without the slash, any query) and the rules accept its facts; refusals carry the rules'
     /// status (404 for any other path); a 101 carries the accept key of the request's key.
     #[test]
-    fn accept_http_upgrades_iff_the_rules_hold((mut facts, path, lower, extra, early) in http_request()) {
-        // A connection to accept_http is never an HTTP/2 stream.
-        facts.h2_secondary = false;
+    fn accept_http_upgrades_iff_the_rules_hold((facts, path, lower, extra, early) in http_request()) {
         let response = exchange(&render(&facts, &path, lower, &extra, &early));
         let want = if is_upgrade_path(&path) { expected(&facts.request()) } else { Some(404) };
         let text = String::from_utf8_lossy(&response).into_owned();
@@ -371,7 +365,6 @@ proptest! {
         let mut facts = Facts {
             method: "GET".into(),
             http11: true,
-            h2_secondary: false,
             connection: Some("Upgrade".into()),
             upgrade: Some("websocket".into()),
             version: Some("13".into()),

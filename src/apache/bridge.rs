@@ -1,8 +1,15 @@
-//! The TLS bridge: for a WebSocket over mod_ssl the client socket carries TLS records whose
+//! The bridge: for a WebSocket over mod_ssl the client socket carries TLS records whose
 //! state lives in this Apache child, so the descriptor cannot be handed to the daemon. Instead
 //! the worker thread that ran the handler stays and relays plaintext between the connection's
 //! filters (mod_ssl decrypts and encrypts) and a Unix stream to the daemon, which treats that
 //! stream as the upgraded WebSocket (bridged mode of the handoff protocol, `crate::wire::handoff`).
+//!
+//! A WebSocket over HTTP/2 (RFC 8441, `H2WebSockets on`) is bridged the same way: mod_http2 turns
+//! the extended CONNECT into an upgrade GET on a secondary connection (`c->master` set) whose
+//! filters read and write the h2 stream, and whose socket is a placeholder shared by every stream.
+//! The bridge then polls the stream's input pipe (`ap_get_pollfd_from_conn`, as httpd's own
+//! `ap_proxy_tunnel_run` does) instead of a socket; mod_http2 empties that pipe before a read
+//! answers EAGAIN, so poll(2) sleeps until the client sends again.
 //!
 //! The loop follows the shape of httpd's `ap_proxy_tunnel_run` (modules/proxy/proxy_util.c),
 //! simplified for a two-party byte relay on one thread:
@@ -246,10 +253,13 @@ enum Read_ {
     Eof,
 }
 
-/// The client side: the connection's filter chains and its socket descriptor (for poll only).
+/// The client side: the connection's filter chains and the descriptor to poll for its input
+/// (the socket; for an HTTP/2 stream its input pipe, or -1 once the stream has no input).
 struct Client {
     c: *mut ffi::conn_rec,
     fd: c_int,
+    /// An HTTP/2 stream: its socket is not the client's (see the module documentation).
+    h2: bool,
     bb_in: *mut ffi::apr_bucket_brigade,
     bb_out: *mut ffi::apr_bucket_brigade,
 }
@@ -262,19 +272,20 @@ impl Client {
         // handler returns); apr_os_sock_get only copies the descriptor number.
         unsafe {
             let c = (*r).connection;
-            let sock = ffi::ap_get_conn_socket(c);
-            let mut fd: ffi::apr_os_sock_t = -1;
-            if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 || fd < 0 {
-                return None;
-            }
+            let h2 = !(*c).master.is_null();
+            let fd = if h2 { stream_input_fd(r)? } else { socket_fd(c)? };
             let bb_in = ffi::apr_brigade_create((*r).pool, (*c).bucket_alloc);
             let bb_out = ffi::apr_brigade_create((*r).pool, (*c).bucket_alloc);
-            Some(Client { c, fd, bb_in, bb_out })
+            Some(Client { c, fd, h2, bb_in, bb_out })
         }
     }
 
-    /// False once httpd closed the connection's socket (APR then reports descriptor -1).
+    /// False once httpd closed the connection's socket (APR then reports descriptor -1). An
+    /// HTTP/2 stream has no socket of its own: the stop pipe alone tells it that Apache stops.
     fn socket_open(&self) -> bool {
+        if self.h2 {
+            return true;
+        }
         let mut fd: ffi::apr_os_sock_t = -1;
         // SAFETY: live connection; apr_os_sock_get only copies the descriptor number.
         unsafe {
@@ -377,6 +388,57 @@ impl Client {
             return Err(ClientError::Aborted);
         }
         Ok(())
+    }
+}
+
+/// The descriptor of the connection's socket.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn socket_fd(c: *mut ffi::conn_rec) -> Option<c_int> {
+    let mut fd: ffi::apr_os_sock_t = -1;
+    // SAFETY: per contract; apr_os_sock_get only copies the descriptor number.
+    unsafe {
+        let sock = ffi::ap_get_conn_socket(c);
+        if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 || fd < 0 {
+            return None;
+        }
+    }
+    Some(fd)
+}
+
+/// The descriptor that becomes readable when an HTTP/2 stream's client sends (mod_http2's
+/// input pipe), or -1 when the stream has no input; `None` when mod_http2 offers nothing to
+/// poll (an httpd or mod_http2 without `ap_get_pollfd_from_conn`).
+///
+/// # Safety
+/// `r` must be the live request of a secondary connection, on its own thread.
+unsafe fn stream_input_fd(r: *mut ffi::request_rec) -> Option<c_int> {
+    // SAFETY: per contract; the hook only fills `pfd` (pool-owned file or socket), and
+    // apr_os_file_get / apr_os_sock_get only copy the descriptor number.
+    unsafe {
+        let mut pfd: ffi::apr_pollfd_t = std::mem::zeroed();
+        pfd.p = (*r).pool;
+        pfd.desc_type = ffi::APR_NO_DESC;
+        let mut timeout: ffi::apr_interval_time_t = -1;
+        if ffi::ap_get_pollfd_from_conn((*r).connection, &mut pfd, &mut timeout) != 0 {
+            return None;
+        }
+        let mut fd: c_int = -1;
+        match pfd.desc_type {
+            ffi::APR_POLL_FILE => {
+                if ffi::apr_os_file_get(&mut fd, pfd.desc.f) != 0 {
+                    return None;
+                }
+            }
+            ffi::APR_POLL_SOCKET => {
+                if ffi::apr_os_sock_get(&mut fd, pfd.desc.s) != 0 {
+                    return None;
+                }
+            }
+            _ => fd = -1,
+        }
+        Some(fd)
     }
 }
 

@@ -132,18 +132,22 @@ fn daemon_route<'c>(req: &Request<'_>, conf: &'c ServerConfig) -> Option<(u32, &
 
 fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
     let tls = req.is_tls();
+    // An HTTP/2 stream (RFC 8441, `H2WebSockets on`): its socket is not the client's, so it is
+    // always relayed by the h2 worker that runs it (see `bridge`).
+    let h2 = req.is_secondary_connection();
     // SAFETY: the live request of this handler call.
     let timeout = unsafe { bridge::server_timeout(req.raw()) };
     let facts = UpgradeRequest {
         method: req.method(),
         http11: req.http11(),
-        h2_secondary: req.is_secondary_connection(),
         connection: req.header_in(c"Connection"),
         upgrade: req.header_in(c"Upgrade"),
         version: req.header_in(c"Sec-WebSocket-Version"),
         key: req.header_in(c"Sec-WebSocket-Key"),
-        content_length: req.header_in(c"Content-Length"),
-        transfer_encoding: req.header_in(c"Transfer-Encoding"),
+        // mod_http2 marks a stream that stays open for data (the extended CONNECT's) with
+        // `Transfer-Encoding: chunked`: there, the "body" is the WebSocket itself.
+        content_length: if h2 { None } else { req.header_in(c"Content-Length") },
+        transfer_encoding: if h2 { None } else { req.header_in(c"Transfer-Encoding") },
     };
     if let Err(refusal) = upgrade::check_upgrade(&facts) {
         return req.respond(refusal.status, refusal.body, refusal.headers);
@@ -155,8 +159,8 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
     // otherwise this worker relays the plaintext (see `bridge`), so the daemon treats the Unix
     // stream itself as the WebSocket and pings within Apache's Timeout.
     let eligible =
-        if tls && conf.directives.tls_handoff_enabled() { tls_eligible(req) } else { None };
-    let hello = if tls {
+        if tls && !h2 && conf.directives.tls_handoff_enabled() { tls_eligible(req) } else { None };
+    let hello = if tls || h2 {
         Hello {
             tls_offer: eligible.is_some(),
             max_bridged: conf.runtime.max_bridged.filter(|_| eligible.is_none()),
@@ -213,7 +217,10 @@ fn websocket(req: &mut Request<'_>, conf: &ServerConfig) -> c_int {
         Ok(early) => early,
         Err(e) => return handoff_failed(req, e),
     };
-    if tls {
+    if h2 {
+        ::log::debug!(target: "nextcloud_push::apache", "NCP0039: a WebSocket over HTTP/2 is relayed by this worker (bridged)");
+    }
+    if tls || h2 {
         return bridged(req, accepted, chain, early, timeout, eligible);
     }
     let Some(fd) = req.client_fd() else { return handoff_failed(req, ClientError::NoSocket) };
@@ -248,7 +255,7 @@ fn tls_eligible(req: &mut Request<'_>) -> Option<tls::Eligible> {
     }
 }
 
-/// TLS: after the 101, the session moves to the daemon if it can and the daemon adopts it;
+/// TLS or HTTP/2: after the 101, the session moves to the daemon if it can and the daemon adopts it;
 /// otherwise this worker relays the WebSocket's plaintext between mod_ssl and the daemon until
 /// the session ends, and then Apache closes the connection as usual (close_notify).
 fn bridged(
@@ -277,7 +284,7 @@ fn bridged(
     // SAFETY: as above; the bridge ends before we return.
     let end = unsafe { bridge::run(r, &stream, timeout) };
     drop(stream);
-    ::log::debug!(target: "nextcloud_push::apache", "NCP0035: bridged (TLS) WebSocket ended: {end}");
+    ::log::debug!(target: "nextcloud_push::apache", "NCP0035: bridged WebSocket ended: {end}");
     if matches!(end, bridge::End::Client(_) | bridge::End::Stopping) {
         // The client connection is broken or already closed: no close_notify, no lingering.
         req.abandon_connection();

@@ -113,7 +113,7 @@ async fn serve_bridged(
     let ping_interval = hello.timeout_ms.map(handoff::bridged_ping_interval);
     log::debug!(
         target: "nextcloud_push::daemon",
-        "NCP0108: bridged (TLS) WebSocket from an Apache worker ({} early bytes, client chain {:?}, ping interval {:?})",
+        "NCP0108: bridged WebSocket (TLS or HTTP/2) from an Apache worker ({} early bytes, client chain {:?}, ping interval {:?})",
         early.len(),
         header.forwarded_for,
         ping_interval

@@ -1256,6 +1256,14 @@ pub fn processes() -> Vec<Proc> {
         .collect()
 }
 
+/// CPU time a process has used so far (user + system), in clock ticks (from /proc/<pid>/stat).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after comm: state is field 3, utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
 /// `VmRSS` of a process in KiB (from /proc/<pid>/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
