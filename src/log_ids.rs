@@ -26,6 +26,7 @@
 //! | `NCP0020` | emerg | check_config | invalid `NextcloudPushSocket` (startup refused) |
 //! | `NCP0021` | emerg | check_config | invalid push configuration of a server (startup refused) |
 //! | `NCP0022` | debug | parent | the parent's stop handlers were wrapped for this generation (stop notices to the daemon) |
+//! | `NCP0023` | warn | parent | the reopened error logs could not be passed to the kept push daemon (it keeps writing to the old ones) |
 //! | `NCP0031` | error | child | push enabled but not set up in this process (503) |
 //! | `NCP0032` | error | child | the daemon did not accept the handoff in time or refused it (503) |
 //! | `NCP0033` | debug | child | the client went away while the 101 was sent |
@@ -55,3 +56,4 @@
 //! | `NCP0114` | debug | daemon | a TLS session was adopted (version, suite, sequence numbers, pending bytes, client IP chain; never secrets) |
 //! | `NCP0115` | warn | daemon | a TLS session offer was refused (self-check failed, bad state); the worker bridges it |
 //! | `NCP0116` | warn | daemon | a wss session got 503 at the bridge cap (`NextcloudPushMaxBridged`); one line per 100 refusals |
+//! | `NCP0117` | debug | daemon | a reopened error log from the parent was installed (slot: 0 main, `i + 1` engine `i`) |

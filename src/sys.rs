@@ -5,7 +5,7 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -72,7 +72,7 @@ struct CmsgBuf([u8; 64]);
 
 /// `sendmsg` of `data` with `fd` attached as `SCM_RIGHTS`; returns how many bytes went out
 /// (the descriptor always travels with the first byte). Never raises SIGPIPE.
-pub fn send_with_fd(stream: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+pub fn send_with_fd(stream: impl AsFd, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     let mut cmsg_buf = CmsgBuf([0; 64]);
     // SAFETY: msghdr is plain data; the pointers set below outlive the sendmsg call; the
@@ -91,7 +91,7 @@ pub fn send_with_fd(stream: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io:
         (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd.as_raw_fd());
         loop {
-            let n = libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+            let n = libc::sendmsg(stream.as_fd().as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
             if n >= 0 {
                 return Ok(n as usize);
             }

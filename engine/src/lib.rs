@@ -20,6 +20,7 @@ mod handshake;
 pub mod health;
 mod ip;
 pub mod log_ids;
+pub mod log_scope;
 mod message;
 mod metrics;
 mod nextcloud;
@@ -111,6 +112,8 @@ pub struct Engine {
     selftest: selftest::State,
     /// The pub/sub connection's state, for `server-status`.
     redis_link: health::Link,
+    /// The instance number its log records carry ([`log_scope`]), if any.
+    instance: Option<usize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -129,6 +132,33 @@ impl Engine {
     /// [`Engine::new`] with the way to reach Nextcloud: through the vhost's own address and with
     /// the client-IP vouching key (the daemon passes both; see [`vouch`]).
     pub fn with_route(config: EngineConfig, route: NextcloudRoute) -> Result<Arc<Engine>, Error> {
+        Engine::build(config, route, None)
+    }
+
+    /// [`Engine::with_route`] for instance `instance` of a process that serves several: every
+    /// log record the engine emits, from its constructor and from every task it spawns, says so
+    /// through [`log_scope::instance`].
+    pub fn for_instance(
+        config: EngineConfig,
+        route: NextcloudRoute,
+        instance: usize,
+    ) -> Result<Arc<Engine>, Error> {
+        Engine::build(config, route, Some(instance))
+    }
+
+    fn build(
+        config: EngineConfig,
+        route: NextcloudRoute,
+        instance: Option<usize>,
+    ) -> Result<Arc<Engine>, Error> {
+        log_scope::sync_scoped(instance, || Engine::build_scoped(config, route, instance))
+    }
+
+    fn build_scoped(
+        config: EngineConfig,
+        route: NextcloudRoute,
+        instance: Option<usize>,
+    ) -> Result<Arc<Engine>, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let nextcloud = nextcloud::NextcloudClient::with_route(
             &config.nextcloud_url,
@@ -170,6 +200,7 @@ impl Engine {
             storage_mapping: RwLock::new(storage_mapping),
             selftest: selftest::State::default(),
             redis_link: health::Link::default(),
+            instance,
         }))
     }
 
@@ -179,9 +210,9 @@ impl Engine {
             return;
         }
         let engine = self.clone();
-        self.runtime.spawn(redis_listener::listen_loop(engine, self.cancel.clone()));
+        self.spawn(redis_listener::listen_loop(engine, self.cancel.clone()));
         if let Some(updates) = self.storage_updates_rx.lock().ok().and_then(|mut rx| rx.take()) {
-            self.runtime.spawn(redis_listener::storage_pipeline(
+            self.spawn(redis_listener::storage_pipeline(
                 self.clone(),
                 updates,
                 self.cancel.clone(),
@@ -232,7 +263,15 @@ impl Engine {
         // future twice in the task (the captured one and the awaited one), and the task keeps
         // its size for the session's whole life.
         let session = session(self.clone()).map(move |()| drop(guard));
-        self.runtime.spawn(session);
+        self.spawn(session);
+    }
+
+    /// Spawns `task` on the engine's runtime inside the engine's [`log_scope`].
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(log_scope::scoped(self.instance, task));
     }
 
     /// Sends Close 1001 to every session and stops the Redis listener. Returns when every

@@ -197,7 +197,7 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
         Event::Config(ConfigEvent::Restore) => engine.restore_log_level(),
         Event::Query(query) if query == "metrics" => {
             let engine = engine.clone();
-            engine.runtime.clone().spawn(async move {
+            engine.clone().spawn(async move {
                 let json = engine.metrics().to_json();
                 let result = async {
                     let mut connection = engine.redis.get_multiplexed_async_connection().await?;

@@ -231,12 +231,14 @@ impl Engine {
             crate::text::clip(spec)
         );
         log::set_max_level(level);
+        crate::log_scope::set_override(Some(level));
         log::info!(target: TARGET, "NCP1009: log level is now {level}");
     }
 
     /// `notify_config "log_restore"`: back to the level this process was configured with.
     pub(crate) fn restore_log_level(&self) {
         let saved = self.selftest.configured_level.lock().ok().and_then(|mut s| s.take());
+        crate::log_scope::set_override(None);
         if let Some(level) = saved {
             log::set_max_level(level);
             log::info!(target: TARGET, "NCP1009: log level restored to {level} by notify_config");

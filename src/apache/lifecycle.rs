@@ -14,7 +14,7 @@
 //! The decisions (which engines, keep or replace) are made by the pure functions of
 //! [`plan`]; the state that must survive restarts lives in [`retained`].
 
-use super::log::{log_at, Severity};
+use super::log::{log_at, InstanceLog, Severity, Sink};
 use super::plan::{self, Action, Engines};
 use super::process::{self, SpawnSpec};
 use super::retained::{self, Retained};
@@ -67,6 +67,8 @@ struct Supervisor {
     routes: Vec<NextcloudRoute>,
     fingerprint: String,
     level: ::log::LevelFilter,
+    /// Per engine: its vhost's log level and destination.
+    instance_logs: Vec<InstanceLog>,
     /// The `apr_proc_t` the other-child registration points at (pconf memory).
     proc_rec: *mut ffi::apr_proc_t,
     registered: bool,
@@ -190,7 +192,9 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
 
     // SAFETY: the live main server.
     let level = unsafe { super::log::server_level(s) };
-    let fingerprint = daemon_fingerprint(&socket_path, level, &engines);
+    // SAFETY: parent, live main server.
+    let (instance_logs, logs_described) = unsafe { instance_logs(s, engines.configs.len()) };
+    let fingerprint = daemon_fingerprint(&socket_path, level, &logs_described, &engines);
     let running = (ret.pid != 0 && process::alive(ret.pid)).then(|| ret.fingerprint().to_owned());
     apply(plan::decide(running.as_deref(), &fingerprint), ret, s);
 
@@ -199,6 +203,10 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         ret.vouch_key = *VouchKey::generate().as_bytes();
     }
     let key = VouchKey::from_bytes(ret.vouch_key);
+    if ret.pid != 0 {
+        // SAFETY: parent, live main server.
+        unsafe { send_log_descriptors(ret, s, &instance_logs) };
+    }
     let supervisor = Supervisor {
         pconf,
         server: s,
@@ -207,6 +215,7 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         engines: engines.configs,
         fingerprint,
         level,
+        instance_logs,
         proc_rec: std::ptr::null_mut(),
         registered: false,
     };
@@ -236,12 +245,90 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
 fn daemon_fingerprint(
     socket: &std::path::Path,
     level: ::log::LevelFilter,
+    instance_logs: &str,
     engines: &Engines,
 ) -> String {
     // SAFETY: plain reads of httpd's unixd configuration.
     let user = unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) };
     let build = build_identity();
-    plan::fingerprint(&plan::DaemonIdentity { socket, level, build: &build, user }, engines)
+    let id = plan::DaemonIdentity { socket, level, build: &build, user, instance_logs };
+    plan::fingerprint(&id, engines)
+}
+
+/// Each engine's log level and destination, those of the first push vhost that uses it (its
+/// LogLevel for the module, its own ErrorLog if it has one), and a description of them all
+/// for the fingerprint.
+///
+/// # Safety
+/// Parent, in post_config after `assign_engines`; `s` is the live main server.
+unsafe fn instance_logs(s: *mut ffi::server_rec, count: usize) -> (Vec<InstanceLog>, String) {
+    let mut found: Vec<Option<(InstanceLog, String)>> = vec![None; count];
+    // SAFETY: the main server's chain of live servers.
+    for srv in unsafe { server_config::servers(s) } {
+        // SAFETY: live server.
+        let Some(conf) = (unsafe { server_config::get_ref(srv) }) else { continue };
+        let Some(slot) = conf.runtime.engine_index.and_then(|i| found.get_mut(i as usize)) else {
+            continue;
+        };
+        if slot.is_none() {
+            // SAFETY: live servers.
+            let (sink, described) = unsafe { super::log::vhost_sink(srv, s) };
+            // SAFETY: live server.
+            let level = unsafe { super::log::server_level(srv) };
+            *slot = Some((InstanceLog { level, sink }, format!("{level}@{described}")));
+        }
+    }
+    let mut described = String::new();
+    let logs = found
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let (log, text) = f.unwrap_or_else(|| {
+                (InstanceLog { level: ::log::LevelFilter::Info, sink: Sink::Main }, "-".into())
+            });
+            described.push_str(&format!("{i}={text};"));
+            log
+        })
+        .collect();
+    (logs, described)
+}
+
+/// A kept daemon gets this generation's log descriptors over its notice channel (Apache
+/// reopened its logs, e.g. after logrotate): the main `ErrorLog` (unless syslog) in slot 0,
+/// each engine's own `ErrorLog` in slot `index + 1` (`wire::notice::LOGS`).
+///
+/// # Safety
+/// Parent, in post_config; `s` is the live main server.
+unsafe fn send_log_descriptors(ret: &Retained, s: *mut ffi::server_rec, logs: &[InstanceLog]) {
+    let Some(notice) = ret.notice_fd() else { return };
+    // SAFETY: the retained notice descriptor stays open while `ret` holds it.
+    let notice = unsafe { std::os::fd::BorrowedFd::borrow_raw(notice) };
+    // httpd makes the main ErrorLog the parent's stderr (a piped logger's pipe stays the same
+    // across restarts; syslog has no descriptor).
+    // SAFETY: live main server; error_fname is NULL or a pool string.
+    let syslog = unsafe { pool::cstr((*s).error_fname) }.is_some_and(|n| n.starts_with("syslog"));
+    let main = (!syslog).then_some(libc::STDERR_FILENO);
+    let slots = std::iter::once((0u16, main)).chain(logs.iter().enumerate().map(|(i, l)| {
+        let fd = match l.sink {
+            Sink::Fd(fd) => Some(fd),
+            _ => None,
+        };
+        (u16::try_from(i + 1).unwrap_or(u16::MAX), fd)
+    }));
+    for (slot, fd) in slots {
+        let Some(fd) = fd else { continue };
+        // SAFETY: a log descriptor of this generation, open for the duration of the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let [hi, lo] = slot.to_be_bytes();
+        if let Err(e) = crate::sys::send_with_fd(notice, &[crate::wire::notice::LOGS, hi, lo], fd) {
+            log_at(
+                s,
+                Severity::Warn,
+                &format!("NCP0023: cannot pass the reopened error logs to the push daemon: {e}"),
+            );
+            return;
+        }
+    }
 }
 
 /// A real configuration pass of the parent: a new generation, whose respawn bookkeeping
@@ -403,6 +490,7 @@ fn start(sup: &mut Supervisor, ret: &mut Retained) {
         engines: &sup.engines,
         routes: &sup.routes,
         level: sup.level,
+        instance_logs: &sup.instance_logs,
     };
     // SAFETY: parent only, single-threaded, live pconf/server (the supervisor lives in pconf).
     match unsafe { process::spawn(&spec) } {

@@ -75,6 +75,8 @@ pub struct DaemonIdentity<'a> {
     pub build: &'a str,
     /// Apache's `User` and `Group`.
     pub user: (u32, u32),
+    /// Each engine's log level and destination (its vhost's LogLevel and own ErrorLog).
+    pub instance_logs: &'a str,
 }
 
 /// The daemon's fingerprint (hex SHA-1): the handoff protocol, the module version and build,
@@ -90,7 +92,7 @@ pub fn fingerprint(id: &DaemonIdentity<'_>, engines: &Engines) -> String {
         id.socket.display(),
         id.level
     ));
-    sha.update(format!("user={}:{};", id.user.0, id.user.1));
+    sha.update(format!("user={}:{};logs={};", id.user.0, id.user.1, id.instance_logs));
     // The loopback addresses are part of the daemon's configuration (not of the engines').
     for (print, loopback) in engines.prints.iter().zip(&engines.loopbacks) {
         sha.update(format!("{print}@{:?}", loopback.map(|l| l.0)).as_bytes());
@@ -193,6 +195,7 @@ mod tests {
             level: log::LevelFilter::Warn,
             build: "1:2:3:4",
             user: (33, 33),
+            instance_logs: "0=WARN@main",
         };
         let base = fingerprint(&id, &engines);
         assert_eq!(base.len(), 40);
@@ -203,6 +206,8 @@ mod tests {
             DaemonIdentity { level: log::LevelFilter::Debug, ..id },
             DaemonIdentity { build: "1:2:3:5", ..id },
             DaemonIdentity { user: (0, 0), ..id },
+            DaemonIdentity { instance_logs: "0=DEBUG@main", ..id },
+            DaemonIdentity { instance_logs: "0=WARN@/var/log/apache2/cloud-error.log", ..id },
         ];
         for variant in &variants {
             assert_ne!(fingerprint(variant, &engines), base, "{variant:?}");

@@ -38,6 +38,8 @@ pub struct SpawnSpec<'a> {
     /// How each engine reaches Nextcloud: loopback address and vouching key.
     pub routes: &'a [nextcloud_push_engine::NextcloudRoute],
     pub level: ::log::LevelFilter,
+    /// Per engine: its vhost's level and log destination.
+    pub instance_logs: &'a [aplog::InstanceLog],
 }
 
 /// Forks the daemon and waits (bounded) until it reports ready. Returns its pid and the
@@ -237,7 +239,7 @@ unsafe fn child_main(
 ) -> i32 {
     // SAFETY: the parent's live main server (copied into this process).
     let syslog = unsafe { logs_to_syslog(spec.server) };
-    aplog::enter_daemon_mode(spec.level, syslog);
+    aplog::enter_daemon_mode(spec.level, syslog, spec.instance_logs);
 
     // 1. Listeners: Apache must be able to rebind its ports after a stop.
     // SAFETY: httpd's own function, closing its listener sockets in this process.
@@ -249,9 +251,14 @@ unsafe fn child_main(
     // log's own fd (httpd code such as the privilege drop may log to it; it is the same file
     // as fd 2).
     // SAFETY: reading the parent's live main server.
-    let errlog = unsafe { main_error_log_fd(spec.server) };
+    let errlog = unsafe { aplog::error_log_fd(spec.server) };
     let mut keep = vec![0, 1, 2, ready.as_raw_fd(), notice.as_raw_fd()];
     keep.extend(errlog);
+    // The vhosts' own error logs that engines write to.
+    keep.extend(spec.instance_logs.iter().filter_map(|i| match i.sink {
+        aplog::Sink::Fd(fd) => Some(fd),
+        _ => None,
+    }));
     // syslog(3)'s descriptor (the parent's `ErrorLog syslog:…`) is closed below like any
     // other; closelog first, so libc forgets it and reconnects on the daemon's first line
     // instead of writing into whatever later reuses that descriptor number.
@@ -315,6 +322,7 @@ unsafe fn child_main(
         routes: spec.routes.to_vec(),
         ready,
         stop_notice: Some(notice),
+        reopen_log: aplog::replace_descriptor,
     })
 }
 
@@ -326,19 +334,6 @@ unsafe fn logs_to_syslog(s: *mut ffi::server_rec) -> bool {
     // SAFETY: per contract; error_fname is NULL or a pool string.
     unsafe { s.as_ref().and_then(|s| super::pool::cstr(s.error_fname)) }
         .is_some_and(|name| name.starts_with("syslog"))
-}
-
-/// # Safety
-/// `s` must be a live server_rec.
-unsafe fn main_error_log_fd(s: *mut ffi::server_rec) -> Option<RawFd> {
-    // SAFETY: per contract; apr_os_file_get only copies the descriptor number.
-    unsafe {
-        if s.is_null() || (*s).error_log.is_null() {
-            return None;
-        }
-        let mut fd: ffi::apr_os_file_t = -1;
-        (ffi::apr_os_file_get(&mut fd, (*s).error_log) == 0 && fd > 2).then_some(fd)
-    }
 }
 
 fn close_all_except(keep: &mut Vec<RawFd>) {

@@ -19,14 +19,14 @@ use crate::sys;
 use crate::wire::notice;
 use crate::wire::ready::Ready;
 use nextcloud_push_engine::{Engine, EngineConfig, NextcloudRoute};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stream::{Hold, HOLD_AFTER_ANSWER};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -54,6 +54,8 @@ pub struct DaemonSetup {
     /// (whose event/worker children would otherwise wait for the bridges), or `R` on a hard
     /// restart (answer `A` once the bridged sessions are closed; the daemon stays).
     pub stop_notice: Option<OwnedFd>,
+    /// Installs a reopened error log the parent sent (`wire::notice::LOGS`: slot, descriptor).
+    pub reopen_log: fn(u16, OwnedFd),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a stop notice; returns the exit status.
@@ -146,7 +148,8 @@ impl StopSignals {
 }
 
 async fn serve(setup: DaemonSetup) -> i32 {
-    let DaemonSetup { listener, socket_path, engines, routes, ready, stop_notice } = setup;
+    let DaemonSetup { listener, socket_path, engines, routes, ready, stop_notice, reopen_log } =
+        setup;
     let started = start(listener, &socket_path, engines, routes);
     let (signals, listener, state) = match started {
         Ok(started) => started,
@@ -169,7 +172,8 @@ async fn serve(setup: DaemonSetup) -> i32 {
     let notice = stop_notice.and_then(|fd| {
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true).ok()?;
-        UnixStream::from_std(stream).ok()
+        let stream = UnixStream::from_std(stream).ok()?;
+        Some(Notices { stream, buf: Vec::new(), fds: Vec::new(), reopen_log })
     });
     let stop = accept_loop(signals, &listener, notice, &state).await;
     state.shutting_down.store(true, Ordering::SeqCst);
@@ -210,7 +214,9 @@ fn start(
     let mut engines = Vec::with_capacity(configs.len());
     for (i, config) in configs.into_iter().enumerate() {
         let route = routes.get(i).cloned().unwrap_or_default();
-        let engine = Engine::with_route(config, route).map_err(StartupError::Engine)?;
+        // Its records carry the instance number: the logger follows that vhost's LogLevel and
+        // ErrorLog (apache::log).
+        let engine = Engine::for_instance(config, route, i).map_err(StartupError::Engine)?;
         engine.start();
         engines.push(engine);
     }
@@ -226,7 +232,7 @@ fn start(
 async fn accept_loop(
     mut signals: StopSignals,
     listener: &UnixListener,
-    mut notice: Option<UnixStream>,
+    mut notice: Option<Notices>,
     state: &Arc<State>,
 ) -> Stop {
     let mut last_accept_warning: Option<Instant> = None;
@@ -237,9 +243,11 @@ async fn accept_loop(
                 Some(notice::STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping: closing every session before its children stop");
                     state.hold.start();
-                    return Stop::Apache(notice.take());
+                    return Stop::Apache(notice.take().map(|n| n.stream));
                 }
-                Some(notice::HARD_RESTART) => close_bridged(state, notice.as_mut()).await,
+                Some(notice::HARD_RESTART) => {
+                    close_bridged(state, notice.as_mut().map(|n| &mut n.stream)).await;
+                }
                 Some(notice::GRACEFUL_STOP) => {
                     log::info!(target: "nextcloud_push::daemon", "NCP0111: Apache is stopping gracefully: closing every session");
                     return Stop::Apache(None);
@@ -320,15 +328,58 @@ async fn shut_down(stop: Stop, state: &State) {
     let _ = all.await;
 }
 
-/// The next byte of the stop-notice channel; `None` at EOF or on an error. Pending without a
-/// channel (the select branch is disabled then).
-async fn next_notice(notice: &mut Option<UnixStream>) -> Option<u8> {
-    let Some(stream) = notice.as_mut() else { return std::future::pending().await };
-    let mut byte = [0u8; 1];
-    match stream.read(&mut byte).await {
-        Ok(1) => Some(byte[0]),
-        _ => None,
+/// The parent's notice channel: stop notices (one byte each) and reopened error logs
+/// (`[LOGS, slot, slot]` with a descriptor), read into `buf` and `fds` first so a notice is
+/// never lost when the select drops a pending read.
+struct Notices {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    reopen_log: fn(u16, OwnedFd),
+}
+
+impl Notices {
+    /// The next stop notice byte; `LOGS` messages are applied on the way. `None` at EOF or on
+    /// an error.
+    async fn next(&mut self) -> Option<u8> {
+        loop {
+            match self.buf.first() {
+                Some(&notice::LOGS) if self.buf.len() >= 3 => {
+                    let slot = u16::from_be_bytes([self.buf[1], self.buf[2]]);
+                    self.buf.drain(..3);
+                    if !self.fds.is_empty() {
+                        (self.reopen_log)(slot, self.fds.remove(0));
+                        log::debug!(target: "nextcloud_push::daemon", "NCP0117: reopened error log {slot} installed");
+                    }
+                    continue;
+                }
+                Some(&notice::LOGS) => {}
+                Some(&byte) => {
+                    self.buf.remove(0);
+                    return Some(byte);
+                }
+                None => {}
+            }
+            let mut chunk = [0u8; 64];
+            let stream = &self.stream;
+            let (n, fds) = stream
+                .async_io(Interest::READABLE, || sys::recv_with_fds(stream.as_fd(), &mut chunk))
+                .await
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            self.fds.extend(fds);
+        }
     }
+}
+
+/// The next stop notice byte of the parent's channel; `None` at EOF or on an error. Pending
+/// without a channel (the select branch is disabled then).
+async fn next_notice(notice: &mut Option<Notices>) -> Option<u8> {
+    let Some(notices) = notice.as_mut() else { return std::future::pending().await };
+    notices.next().await
 }
 
 #[cfg(test)]

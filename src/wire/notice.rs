@@ -1,5 +1,5 @@
 //! Stop notices: one byte from the Apache parent to the push daemon over a socketpair made at
-//! the daemon's spawn, and the daemon's one-byte answer (docs/internals.md, "Stop notices").
+//! the daemon's spawn, and the daemon's one-byte answer; also the reopened error logs ([`LOGS`]) (docs/internals.md, "Stop notices").
 //! The parent's side is the signal wrapper in `apache::stop_notice`; the daemon's is its accept
 //! loop.
 
@@ -11,6 +11,10 @@ pub const STOP: u8 = b'T';
 pub const GRACEFUL_STOP: u8 = b'W';
 /// `apachectl restart` (SIGHUP): close the bridged sessions only; the parent waits for [`DONE`].
 pub const HARD_RESTART: u8 = b'R';
+/// After a graceful or hard restart that keeps the daemon: `[LOGS, slot (u16, big-endian)]`
+/// with one descriptor attached (`SCM_RIGHTS`), a reopened error log that replaces the daemon's
+/// copy (slot 0: the main `ErrorLog`; slot `i + 1`: engine `i`'s own). No answer.
+pub const LOGS: u8 = b'L';
 /// The daemon's answer: the sessions concerned are closed (or [`ACK_AFTER`] has passed).
 pub const DONE: u8 = b'A';
 

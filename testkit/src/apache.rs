@@ -1207,6 +1207,11 @@ fn read_lossy(path: &Path) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// Waits until the file at `path` (a log) has a line containing `needle`; returns that line.
+pub async fn await_file_line(path: &Path, needle: &str, timeout: Duration) -> String {
+    await_line(path, needle, timeout, &path.display().to_string()).await
+}
+
 async fn await_line(path: &Path, needle: &str, timeout: Duration, what: &str) -> String {
     let deadline = Instant::now() + timeout;
     loop {

@@ -425,7 +425,12 @@ impl DbStorageMapping {
             wake_probe: wake_probe.clone(),
             cancel: cancel.clone(),
         });
-        runtime.spawn(probe_loop(Arc::downgrade(&mapping), wake_probe, cancel));
+        // The probe logs for the engine that built this mapping (see `log_scope`).
+        runtime.spawn(crate::log_scope::inherit(probe_loop(
+            Arc::downgrade(&mapping),
+            wake_probe,
+            cancel,
+        )));
         Ok(mapping)
     }
 
