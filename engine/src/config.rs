@@ -317,8 +317,37 @@ struct FromPhp {
 }
 
 fn read_config_php(path: &Path, overrides: &Overrides) -> Result<FromPhp, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let original = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
+    // config.php and its `*.config.php` companions as Nextcloud reads them: evaluated by the PHP
+    // CLI and printed as one literal (crate::php_config); without PHP, read literally.
+    let files = crate::php_config::config_files(path);
+    let evaluated = crate::php_config::evaluate(path);
+    let rendered = match &evaluated {
+        crate::php_config::Evaluated::Literal(text) => {
+            Some(Rendered::write(text).map_err(|e| ConfigError::Read {
+                path: path.to_path_buf(),
+                reason: format!("cannot write the evaluated configuration: {e}"),
+            })?)
+        }
+        _ => None,
+    };
+    let text = match &evaluated {
+        crate::php_config::Evaluated::Literal(text) => text.clone(),
+        _ => original,
+    };
+    // The files the literal parser reads when nothing is injected.
+    let companions: &[PathBuf] = if rendered.is_some() { &[] } else { &files[1..] };
+    let source = rendered.as_ref().map_or(path, |r| r.file.as_path());
+    let php_note = match &evaluated {
+        crate::php_config::Evaluated::Failed(why) => format!(" (PHP could not evaluate it: {why})"),
+        crate::php_config::Evaluated::NoPhp if !companions.is_empty() => {
+            " (read without PHP: install the PHP CLI, php-cli, if a *.config.php file holds PHP \
+             code such as getenv())"
+                .to_owned()
+        }
+        _ => String::new(),
+    };
 
     // nextcloud-config-parser rejects a file without overwrite.cli.url or without usable
     // database keys as a whole. When a directive replaces the missing value, parse a copy with a
@@ -330,10 +359,12 @@ fn read_config_php(path: &Path, overrides: &Overrides) -> Result<FromPhp, Config
         // nextcloud-config-parser panics on some inputs (an incomplete `pgsql_ssl` array);
         // a bad config.php must refuse startup with a message, never take Apache down.
         let parsed = std::panic::catch_unwind(|| {
-            if injected.is_empty() {
-                ncp::parse(path)
+            if !injected.is_empty() {
+                parse_with_injected(source, &text, &injected, companions)
+            } else if companions.is_empty() {
+                ncp::parse(source)
             } else {
-                parse_with_injected(path, &text, &injected)
+                ncp::parse_glob(source)
             }
         })
         .map_err(|_| ConfigError::Parse {
@@ -401,7 +432,7 @@ fn read_config_php(path: &Path, overrides: &Overrides) -> Result<FromPhp, Config
             Err(e) => {
                 return Err(ConfigError::Parse {
                     path: path.to_path_buf(),
-                    reason: one_line(&e.to_string()),
+                    reason: format!("{}{php_note}", one_line(&e.to_string())),
                 })
             }
         }
@@ -418,6 +449,7 @@ fn parse_with_injected(
     path: &Path,
     text: &str,
     pairs: &[(&str, &str)],
+    companions: &[PathBuf],
 ) -> Result<ncp::Config, ncp::Error> {
     let not_a_config =
         || ncp::Error::NotAConfig(ncp::NotAConfigError::NoConfig(path.to_path_buf()));
@@ -435,9 +467,38 @@ fn parse_with_injected(
     let dir = tempfile_dir()?;
     let file = dir.join("config.php");
     std::fs::write(&file, patched).map_err(|e| ncp::Error::ReadFailed(e, file.clone()))?;
-    let result = ncp::parse(&file);
+    for companion in companions {
+        if let Some(name) = companion.file_name() {
+            let copy = std::fs::copy(companion, dir.join(name));
+            copy.map_err(|e| ncp::Error::ReadFailed(e, companion.clone()))?;
+        }
+    }
+    let result = if companions.is_empty() { ncp::parse(&file) } else { ncp::parse_glob(&file) };
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The evaluated configuration in a private (0700) temporary directory, removed on drop.
+struct Rendered {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Rendered {
+    fn write(text: &str) -> Result<Rendered, ncp::Error> {
+        let dir = tempfile_dir()?;
+        let file = dir.join("config.php");
+        let rendered = Rendered { dir, file };
+        std::fs::write(&rendered.file, text)
+            .map_err(|e| ncp::Error::ReadFailed(e, rendered.file.clone()))?;
+        Ok(rendered)
+    }
+}
+
+impl Drop for Rendered {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn tempfile_dir() -> Result<PathBuf, ncp::Error> {

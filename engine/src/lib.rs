@@ -24,6 +24,7 @@ pub mod log_scope;
 mod message;
 mod metrics;
 mod nextcloud;
+pub mod php_config;
 mod redis_listener;
 mod registry;
 mod selftest;

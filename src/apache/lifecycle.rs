@@ -111,6 +111,14 @@ pub unsafe fn check_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec)
         }
     };
     let mut status = OK;
+    // config.php and its *.config.php companions are evaluated by the PHP CLI as Apache's
+    // `User` (nextcloud_push_engine::php_config), never as root.
+    // SAFETY: plain reads of httpd's unixd configuration (set while the config was read).
+    let user = unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) };
+    nextcloud_push_engine::php_config::configure(nextcloud_push_engine::php_config::PhpSettings {
+        user: (crate::sys::effective_uid() == 0).then_some(user),
+        ..Default::default()
+    });
     // SAFETY: the main server's chain of live servers.
     for srv in unsafe { server_config::servers(s) } {
         // SAFETY: live server of this configuration; one config borrowed at a time.

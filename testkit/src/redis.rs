@@ -180,6 +180,14 @@ impl RedisServer {
             .expect("PUBLISH")
     }
 
+    /// Any command whose reply is a string (`ACL SETUSER …` → `OK`, `CLIENT LIST` → the list).
+    pub fn command(&self, args: &[&str]) -> String {
+        ::redis::cmd(args[0])
+            .arg(&args[1..])
+            .query(&mut self.connection())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
     pub fn set(&self, key: &str, value: &str) {
         ::redis::cmd("SET").arg(key).arg(value).query::<()>(&mut self.connection()).expect("SET")
     }
