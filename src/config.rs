@@ -153,7 +153,8 @@ pub struct Directives {
     /// `NextcloudPushPath`: begins with `/`, no trailing slash.
     pub path: Option<String>,
     pub nextcloud_url: Option<String>,
-    pub redis: Option<String>,
+    /// `NextcloudPushRedis`: one URL (a server) or several (the seeds of a Redis Cluster).
+    pub redis: Vec<String>,
     pub database: Option<String>,
     pub table_prefix: Option<String>,
     pub allow_self_signed: Option<bool>,
@@ -179,7 +180,7 @@ impl Directives {
             config_php: add.config_php.clone().or_else(|| base.config_php.clone()),
             path: add.path.clone().or_else(|| base.path.clone()),
             nextcloud_url: add.nextcloud_url.clone().or_else(|| base.nextcloud_url.clone()),
-            redis: add.redis.clone().or_else(|| base.redis.clone()),
+            redis: if add.redis.is_empty() { base.redis.clone() } else { add.redis.clone() },
             database: add.database.clone().or_else(|| base.database.clone()),
             table_prefix: add.table_prefix.clone().or_else(|| base.table_prefix.clone()),
             allow_self_signed: add.allow_self_signed.or(base.allow_self_signed),
@@ -196,7 +197,7 @@ impl Directives {
 
     /// Push is enabled for a server with a config.php, or with both a Nextcloud URL and Redis.
     pub fn is_enabled(&self) -> bool {
-        self.config_php.is_some() || (self.nextcloud_url.is_some() && self.redis.is_some())
+        self.config_php.is_some() || (self.nextcloud_url.is_some() && !self.redis.is_empty())
     }
 
     /// The URL path prefix, default `/push`.
@@ -222,7 +223,8 @@ impl Directives {
     pub fn overrides(&self) -> Overrides {
         Overrides {
             nextcloud_url: self.nextcloud_url.clone(),
-            redis_url: self.redis.clone(),
+            redis_url: self.redis.first().cloned(),
+            redis_cluster_seeds: if self.redis.len() > 1 { self.redis.clone() } else { Vec::new() },
             database_url: self.database.clone(),
             table_prefix: self.table_prefix.clone(),
             allow_self_signed: self.allow_self_signed,
@@ -264,7 +266,8 @@ impl Directives {
                         "\"{arg}\" is not a Redis URL (redis://host:port/db, rediss://..., unix:///path)"
                     )));
                 }
-                self.redis = Some(arg.to_owned());
+                // ITERATE: httpd calls once per URL of the line.
+                self.redis.push(arg.to_owned());
             }
             Directive::Database => {
                 const SCHEMES: [&str; 5] =

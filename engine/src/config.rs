@@ -16,6 +16,9 @@ pub struct Overrides {
     pub nextcloud_url: Option<String>,
     /// `NextcloudPushRedis` (`redis://`, `rediss://`, `unix:///path`, `redis+unix://`)
     pub redis_url: Option<String>,
+    /// `NextcloudPushRedis` with several URLs: the seeds of a Redis Cluster (then `redis_url`
+    /// is ignored).
+    pub redis_cluster_seeds: Vec<String>,
     /// `NextcloudPushDatabase`: a database URL, parsed and checked when the configuration is
     /// built (see [`crate::db::DbConfig::from_url`])
     pub database_url: Option<String>,
@@ -189,6 +192,19 @@ impl EngineConfig {
 
         let redis =
             match (&overrides.redis_url, &from_php) {
+                _ if !overrides.redis_cluster_seeds.is_empty() => {
+                    let mut seeds = overrides.redis_cluster_seeds.clone();
+                    for url in &seeds {
+                        validate_redis_url(url).map_err(|reason| ConfigError::InvalidRedisUrl {
+                            directive: "NextcloudPushRedis",
+                            url: url.clone(),
+                            reason,
+                        })?;
+                    }
+                    seeds.sort();
+                    seeds.dedup();
+                    RedisConfig { url: seeds[0].clone(), cluster_seeds: seeds, tls: None }
+                }
                 (Some(url), _) => {
                     validate_redis_url(url).map_err(|reason| ConfigError::InvalidRedisUrl {
                         directive: "NextcloudPushRedis",

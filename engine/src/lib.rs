@@ -25,6 +25,7 @@ mod message;
 mod metrics;
 mod nextcloud;
 pub mod php_config;
+mod redis_conn;
 mod redis_listener;
 mod registry;
 mod selftest;
@@ -90,7 +91,7 @@ pub struct Engine {
     config: EngineConfig,
     runtime: tokio::runtime::Handle,
     nextcloud: nextcloud::NextcloudClient,
-    redis: redis::Client,
+    redis: redis_conn::RedisConn,
     registry: registry::Registry,
     counters: Arc<metrics::Counters>,
     /// token → (uid, received)
@@ -167,7 +168,7 @@ impl Engine {
             &route,
         )
         .map_err(Error::HttpClient)?;
-        let redis = redis_client(&config.redis)?;
+        let redis = redis_conn::RedisConn::new(&config.redis)?;
         let counters = Arc::new(metrics::Counters::default());
         // The database is optional at start: the pool connects lazily and retries (db module).
         let storage_mapping: Arc<dyn StorageMapping> = match &config.database_url {
@@ -382,34 +383,6 @@ impl Engine {
         tokens.retain(|_, (_, received)| received.elapsed() < ttl);
         tokens.remove(token).map(|(uid, _)| uid)
     }
-}
-
-fn redis_client(config: &RedisConfig) -> Result<redis::Client, Error> {
-    let Some(tls) = &config.tls else {
-        return redis::Client::open(config.url.as_str()).map_err(Error::RedisClient);
-    };
-    if tls.accept_invalid_hostname {
-        log::warn!(
-            target: "nextcloud_push::redis",
-            "NCP1007: config.php redis ssl_context verify_peer_name => false is not supported; the Redis server's hostname is verified"
-        );
-    }
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path)
-            .map_err(|e| Error::RedisTlsFile { path: path.clone(), reason: e.to_string() })
-    };
-    let client_tls = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => {
-            Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? })
-        }
-        _ => None,
-    };
-    let root_cert = tls.ca_file.as_ref().map(read).transpose()?;
-    redis::Client::build_with_tls(
-        config.url.as_str(),
-        redis::TlsCertificates { client_tls, root_cert },
-    )
-    .map_err(Error::RedisClient)
 }
 
 struct SessionGuard(Arc<Engine>);

@@ -15,14 +15,18 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) {
     let timing = engine.config.timing.clone();
-    let url = crate::config::redact_url(&engine.config.redis.url);
     let mut backoff = timing.redis_backoff;
     let mut outage = false;
+    // Cluster nodes tried at once (without backoff) since the last subscription: each known
+    // node once, then the usual backoff.
+    let mut quick_tries = 0;
     // Pub/sub round trips for `/test/cookie` (engine/src/selftest.rs); only this loop serves them.
     let mut syncs = engine.selftest.sync_rx.lock().await;
     loop {
+        let node = engine.redis.pubsub_node();
+        let url = node.shown.as_str();
         let connect = async {
-            let pubsub = engine.redis.get_async_pubsub().await?;
+            let pubsub = node.client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
             sink.subscribe(&event::CHANNELS[..]).await?;
             Ok::<_, redis::RedisError>((sink, stream))
@@ -40,6 +44,12 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                     log::info!(target: TARGET, "NCP1002: subscribed to Redis at {url}");
                 }
                 backoff = timing.redis_backoff;
+                quick_tries = 0;
+                if engine.redis.is_cluster() {
+                    // The cluster's other nodes, for when this one fails.
+                    let learner = engine.clone();
+                    engine.spawn(async move { learner.redis.learn_nodes().await });
+                }
                 let mut ping = tokio::time::interval_at(
                     tokio::time::Instant::now() + timing.redis_ping,
                     timing.redis_ping,
@@ -80,18 +90,31 @@ pub(crate) async fn listen_loop(engine: Arc<Engine>, cancel: CancellationToken) 
                     return;
                 }
                 engine.redis_link.down(&reason);
+                outage = true;
+                if engine.redis.node_failed(&node) {
+                    quick_tries += 1;
+                    log::warn!(
+                        target: TARGET,
+                        "NCP1001: Redis cluster node at {url} disconnected ({reason}); subscribing on the next node now; events published meanwhile are lost"
+                    );
+                    continue;
+                }
                 log::warn!(
                     target: TARGET,
                     "NCP1001: Redis server at {url} disconnected ({reason}), reconnecting in {}s; events published meanwhile are lost",
                     backoff.as_secs_f32()
                 );
-                outage = true;
             }
             Err(e) => {
                 if cancel.is_cancelled() {
                     return;
                 }
                 engine.redis_link.down(&e.to_string());
+                if engine.redis.node_failed(&node) && quick_tries < engine.redis.node_count() {
+                    quick_tries += 1;
+                    log::debug!(target: TARGET, "Redis cluster node at {url} unreachable ({e}); trying the next node");
+                    continue;
+                }
                 if outage {
                     log::debug!(target: TARGET, "Redis at {url} still unreachable: {e}");
                 } else {
@@ -200,7 +223,7 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
             engine.clone().spawn(async move {
                 let json = engine.metrics().to_json();
                 let result = async {
-                    let mut connection = engine.redis.get_multiplexed_async_connection().await?;
+                    let mut connection = engine.redis.commands().await?;
                     redis::cmd("SET")
                         .arg("notify_push_metrics")
                         .arg(json)

@@ -191,8 +191,8 @@ impl Engine {
         Ok(())
     }
 
-    async fn redis_connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        tokio::time::timeout(REDIS_TIMEOUT, self.redis.get_multiplexed_async_connection())
+    async fn redis_connection(&self) -> Result<crate::redis_conn::Commands, String> {
+        tokio::time::timeout(REDIS_TIMEOUT, self.redis.commands())
             .await
             .map_err(|_| "Redis connection timed out".to_string())?
             .map_err(|e| e.to_string())

@@ -114,6 +114,7 @@ fn overrides_win() {
     let overrides = Overrides {
         nextcloud_url: Some("https://internal.example.com".into()),
         redis_url: Some("unix:///var/run/redis.sock".into()),
+        redis_cluster_seeds: Vec::new(),
         database_url: Some("mysql://u:p@localhost/nc".into()),
         table_prefix: Some("oc_".into()),
         allow_self_signed: Some(true),
@@ -304,4 +305,33 @@ fn partial_pgsql_ssl_is_an_error_not_a_panic() {
     let err = EngineConfig::load(Some(&fixture.path), &Overrides::default()).unwrap_err();
     assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
     assert!(err.to_string().contains("pgsql_ssl"), "{err}");
+}
+
+/// `NextcloudPushRedis` with several URLs names the seeds of a Redis Cluster: they replace
+/// config.php's `redis`, sorted, the first one carrying the subscription; a bad one is refused
+/// with the directive's name.
+#[test]
+fn several_redis_urls_are_cluster_seeds() {
+    let fixture = config_php(&format!("{BASE}\n  'redis' => ['host' => 'redis-host'],"));
+    let seeds = |urls: &[&str]| Overrides {
+        redis_cluster_seeds: urls.iter().map(|u| u.to_string()).collect(),
+        ..Overrides::default()
+    };
+    let config = EngineConfig::load(
+        Some(&fixture.path),
+        &seeds(&["redis://push:pw@10.0.0.2:7000/0", "redis://push:pw@10.0.0.1:7000/0"]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.redis.cluster_seeds,
+        ["redis://push:pw@10.0.0.1:7000/0", "redis://push:pw@10.0.0.2:7000/0"]
+    );
+    assert_eq!(config.redis.url, "redis://push:pw@10.0.0.1:7000/0");
+    let e = EngineConfig::load(
+        Some(&fixture.path),
+        &seeds(&["redis://10.0.0.1:7000", "10.0.0.2:7000"]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("NextcloudPushRedis"), "{e}");
 }

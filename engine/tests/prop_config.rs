@@ -28,6 +28,7 @@ fn overrides() -> impl Strategy<Value = Overrides> {
         .prop_map(|(nextcloud_url, redis_url, database_url, table_prefix, rest)| Overrides {
             nextcloud_url,
             redis_url,
+            redis_cluster_seeds: Vec::new(),
             database_url,
             table_prefix,
             allow_self_signed: rest.0,

@@ -29,7 +29,14 @@ const fn entry(d: Directive, name: &'static CStr, help: &'static CStr) -> ffi::c
         },
         cmd_data: d as usize as *mut c_void,
         req_override: ffi::RSRC_CONF as c_int,
-        args_how: if flag { ffi::FLAG } else { ffi::TAKE1 },
+        args_how: if flag {
+            ffi::FLAG
+        } else if matches!(d, Directive::Redis) {
+            // Several URLs: the seeds of a Redis Cluster (httpd calls `set_take1` for each).
+            ffi::ITERATE
+        } else {
+            ffi::TAKE1
+        },
         errmsg: help.as_ptr(),
     }
 }
@@ -44,7 +51,7 @@ pub static COMMANDS: Commands = Commands([
     entry(
         Directive::Config,
         c"NextcloudPushConfig",
-        c"Path of Nextcloud's config.php (read, never executed); enables push for this server",
+        c"Path of Nextcloud's config.php (with its *.config.php files); enables push for this server",
     ),
     entry(
         Directive::Database,
@@ -94,7 +101,7 @@ pub static COMMANDS: Commands = Commands([
     entry(
         Directive::Redis,
         c"NextcloudPushRedis",
-        c"Redis URL (redis://host:port/db, rediss://, unix:///path) overriding config.php",
+        c"Redis URL (redis://host:port/db, rediss://, unix:///path), or several: Redis Cluster seeds; overrides config.php",
     ),
     entry(
         Directive::Socket,

@@ -125,12 +125,15 @@ fn level_from(n: usize) -> ::log::LevelFilter {
 }
 
 /// Other crates (hyper, reqwest, redis, tungstenite) are chatty: below `trace1` only their
-/// warnings and errors get through.
+/// warnings and errors get through, and of redis-rs only errors (its cluster client warns for
+/// every node it cannot reach during a failover; NCP1001 reports the outage once).
 fn passes(metadata: &::log::Metadata<'_>, max: ::log::LevelFilter) -> bool {
-    let ours = metadata.target().starts_with("nextcloud_push")
-        || metadata.target().starts_with("mod_nextcloud_push");
+    let target = metadata.target();
+    let ours = target.starts_with("nextcloud_push") || target.starts_with("mod_nextcloud_push");
     let max = if ours || max == ::log::LevelFilter::Trace {
         max
+    } else if target.starts_with("redis") {
+        max.min(::log::LevelFilter::Error)
     } else {
         max.min(::log::LevelFilter::Warn)
     };

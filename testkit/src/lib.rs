@@ -10,6 +10,7 @@ pub mod db;
 pub mod limits;
 pub mod nextcloud;
 pub mod redis;
+pub mod redis_cluster;
 pub mod tls;
 pub mod ws;
 
