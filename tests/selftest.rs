@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::http::{header, http};
 use common::{Client, AUTHENTICATED, T};
 use testkit::apache::{self, Apache, ApacheBuilder, Env, Mode, Mpm, MODULES_DIR};
 use testkit::db::{Backend, TestDb};
@@ -152,54 +153,6 @@ impl SelfTestStack {
         apache.finish();
         drop(redis);
     }
-}
-
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String, String) {
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if method == "POST" {
-        request.push_str("Content-Length: 0\r\n");
-    }
-    request.push_str("\r\n");
-    let raw = apache::raw_exchange(addr, request.as_bytes(), Duration::from_secs(30));
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = apache::status_code(&raw).unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body =
-        if header(head, "Transfer-Encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-    (status, head.to_string(), body)
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || tail.len() < size {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 /// `lib/SelfTest.php` against `<apache>/push`, step by step (spec §5.1), with an empty
@@ -388,12 +341,18 @@ async fn metrics_over_redis_and_prometheus_match_a_known_sequence() {
         json = stack.redis.get("notify_push_metrics");
     }
     let json = json.unwrap_or_else(|| panic!("no metrics within {:?}", start.elapsed()));
-    assert_eq!(
-        json,
-        "{\"active_connection_count\":2,\"active_user_count\":1,\"total_connection_count\":2,\
+    let label = common::server_label(&stack.apache);
+    let expected = format!(
+        "{{\"active_connection_count\":2,\"active_user_count\":1,\"total_connection_count\":2,\
          \"mapping_query_count\":0,\"events_received\":5,\"messages_sent\":6,\"messages_sent_file\":0,\
-         \"messages_sent_activity\":2,\"messages_sent_notification\":2,\"messages_sent_custom\":2}"
+         \"messages_sent_activity\":2,\"messages_sent_notification\":2,\"messages_sent_custom\":2,\
+         \"server\":\"{label}\"}}"
     );
+    assert_eq!(json, expected);
+    // Written right after occ's key.
+    let own_key = format!("notify_push_metrics:{label}");
+    assert!(testkit::wait_until_sync(T, || stack.redis.get(&own_key).is_some()), "{own_key}");
+    assert_eq!(stack.redis.get(&own_key), Some(expected), "this server's own key");
 
     let (status, head, body) = stack.http("GET", "/push/metrics", &[]);
     assert_eq!(status, 200);

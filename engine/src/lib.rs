@@ -42,7 +42,7 @@ pub use error::{ConfigError, Error};
 pub use event::CHANNELS;
 pub use ip::client_ip_chain;
 pub use message::{debounce_time, PushMessage, SendQueue, UpdatedFiles};
-pub use metrics::Metrics;
+pub use metrics::{server_metrics_key, Metrics, METRICS_KEY, SERVER_METRICS_TTL};
 pub use nextcloud::NextcloudRoute;
 pub use selftest::TestResponse;
 pub use storage::{NoStorageMapping, StorageMapping};
@@ -116,6 +116,8 @@ pub struct Engine {
     redis_link: health::Link,
     /// The instance number its log records carry ([`log_scope`]), if any.
     instance: Option<usize>,
+    /// The Apache server it runs in, for the metrics written to Redis (metrics.rs).
+    server_label: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -203,6 +205,7 @@ impl Engine {
             selftest: selftest::State::default(),
             redis_link: health::Link::default(),
             instance,
+            server_label: std::sync::OnceLock::new(),
         }))
     }
 

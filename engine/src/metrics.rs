@@ -1,7 +1,25 @@
-//! Per-engine counters (spec §7).
+//! Per-engine counters (spec §7), and what `notify_query "metrics"` writes to Redis.
+//!
+//! Several Apache servers (one push daemon each) may share one Redis: every engine answers the
+//! query. `notify_push_metrics` (what `occ notify_push:metrics` reads) then holds the answer
+//! written last; with a server label ([`Engine::set_server_label`]) the JSON says whose it is
+//! (`"server"`) and each engine also writes its own `notify_push_metrics:<label>`, which expires.
 
+use crate::Engine;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The Redis key `occ notify_push:metrics` reads (spec §2.3).
+pub const METRICS_KEY: &str = "notify_push_metrics";
+/// How long a server's own `notify_push_metrics:<label>` outlives the query that wrote it: a
+/// server that is gone stops showing up.
+pub const SERVER_METRICS_TTL: Duration = Duration::from_secs(300);
+
+/// The key a labelled server writes its own answer to: `notify_push_metrics:<label>`.
+pub fn server_metrics_key(label: &str) -> String {
+    format!("{METRICS_KEY}:{label}")
+}
 
 /// A snapshot of the engine's counters. Serializes to exactly the JSON object that
 /// `occ notify_push:metrics` expects (same keys, same order).
@@ -23,6 +41,19 @@ impl Metrics {
     /// The JSON written to Redis key `notify_push_metrics`.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// [`Metrics::to_json`] with `"server": <label>` after the spec's keys when there is a
+    /// label (the incumbent's readers ignore extra keys); without one, exactly `to_json`.
+    pub fn to_json_for(&self, server: Option<&str>) -> String {
+        #[derive(Serialize)]
+        struct Labelled<'a> {
+            #[serde(flatten)]
+            metrics: &'a Metrics,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server: Option<&'a str>,
+        }
+        serde_json::to_string(&Labelled { metrics: self, server }).unwrap_or_default()
     }
 
     /// The Prometheus text of the incumbent's `/metrics` listener (10 lines, no HELP/TYPE).
@@ -101,6 +132,23 @@ impl Metrics {
     }
 }
 
+impl Engine {
+    /// Names the Apache server this engine runs in (the daemon passes e.g.
+    /// `web1/cloud.example.com:443`; see the module's docs/internals.md). Call it before
+    /// [`Engine::start`]; the first label set stays. With a label, the answer to
+    /// `notify_query "metrics"` carries `"server": <label>` and also goes to
+    /// `notify_push_metrics:<label>` (expiring after [`SERVER_METRICS_TTL`]); without one
+    /// (the default) the engine answers exactly as notify_push does.
+    pub fn set_server_label(&self, label: impl Into<String>) {
+        let _ = self.server_label.set(label.into());
+    }
+
+    /// The label set by [`Engine::set_server_label`].
+    pub fn server_label(&self) -> Option<&str> {
+        self.server_label.get().map(String::as_str)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub active_connections: AtomicU64,
@@ -156,5 +204,18 @@ mod tests {
         assert_eq!(documented.lines().filter(|l| l.starts_with("# HELP ")).count(), 6);
         assert!(documented.contains("# TYPE active_connection_count gauge\n"));
         assert!(documented.contains("# TYPE message_count_total counter\n"));
+    }
+
+    #[test]
+    fn a_server_label_is_one_more_key_at_the_end() {
+        let m = Metrics { active_connection_count: 2, ..Default::default() };
+        assert_eq!(m.to_json_for(None), m.to_json());
+        let labelled = m.to_json_for(Some("web1/cloud.example.com:443"));
+        let expected = m.to_json().replace('}', ",\"server\":\"web1/cloud.example.com:443\"}");
+        assert_eq!(labelled, expected);
+        assert_eq!(
+            server_metrics_key("web1/cloud.example.com:443"),
+            "notify_push_metrics:web1/cloud.example.com:443"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::event::{self, ConfigEvent, Event};
 use crate::message::{PushMessage, UpdatedFiles};
+use crate::metrics;
 use crate::user::LogUser;
 use crate::{Engine, Signal};
 use futures_util::{FutureExt, StreamExt};
@@ -221,14 +222,21 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
         Event::Query(query) if query == "metrics" => {
             let engine = engine.clone();
             engine.clone().spawn(async move {
-                let json = engine.metrics().to_json();
+                let label = engine.server_label();
+                let json = engine.metrics().to_json_for(label);
+                // occ's key first (it reads after 10 ms); then, with a label, this server's own
+                // key. Two commands, not a pipeline: the keys may live on different cluster nodes.
+                let mut writes = vec![redis::Cmd::set(metrics::METRICS_KEY, &json)];
+                if let Some(label) = label {
+                    let ttl = metrics::SERVER_METRICS_TTL.as_secs();
+                    writes.push(redis::Cmd::set_ex(metrics::server_metrics_key(label), &json, ttl));
+                }
                 let result = async {
                     let mut connection = engine.redis.commands().await?;
-                    redis::cmd("SET")
-                        .arg("notify_push_metrics")
-                        .arg(json)
-                        .query_async::<()>(&mut connection)
-                        .await
+                    for write in &writes {
+                        write.query_async::<()>(&mut connection).await?;
+                    }
+                    Ok::<_, redis::RedisError>(())
                 }
                 .await;
                 if let Err(e) = result {

@@ -214,6 +214,34 @@ async fn test_cookie_config_and_metrics_query() {
     .await;
 }
 
+/// Several Apache servers share one Redis: a labelled engine names itself in the metrics JSON
+/// and also writes its own, expiring `notify_push_metrics:<label>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labelled_engine_also_writes_its_own_expiring_metrics_key() {
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let label = "web1/cloud.example.com:443";
+        h.engine.set_server_label(label);
+        h.engine.set_server_label("web2/ignored:443");
+        assert_eq!(h.engine.server_label(), Some(label), "the first label stays");
+        let _foo = h.login("foo", "bar").await;
+        h.wait_connections(1).await;
+
+        h.redis.publish("notify_query", r#""metrics""#);
+        let key = format!("notify_push_metrics:{label}");
+        let redis = &h.redis;
+        assert!(testkit::wait_until(FRAME, || async { redis.get(&key).is_some() }).await, "{key}");
+        let own = redis.get(&key).unwrap();
+        assert_eq!(redis.get("notify_push_metrics"), Some(own.clone()), "the same answer");
+        let value: serde_json::Value = serde_json::from_str(&own).unwrap();
+        assert_eq!(value["server"], label);
+        assert_eq!(value["active_connection_count"], 1);
+        assert!((1..=300).contains(&redis.ttl(&key)), "{key} expires");
+        assert_eq!(redis.ttl("notify_push_metrics"), -1, "occ's key as notify_push writes it");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_signal_closes_every_session_with_1001() {
     common::time_limit(async {

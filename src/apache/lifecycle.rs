@@ -69,6 +69,8 @@ struct Supervisor {
     level: ::log::LevelFilter,
     /// Per engine: its vhost's log level and destination.
     instance_logs: Vec<InstanceLog>,
+    /// This Apache server's name in the daemon's metrics ([`plan::server_label`]).
+    server_label: String,
     /// The `apr_proc_t` the other-child registration points at (pconf memory).
     proc_rec: *mut ffi::apr_proc_t,
     registered: bool,
@@ -202,7 +204,10 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
     let level = unsafe { super::log::server_level(s) };
     // SAFETY: parent, live main server.
     let (instance_logs, logs_described) = unsafe { instance_logs(s, engines.configs.len()) };
-    let fingerprint = daemon_fingerprint(&socket_path, level, &logs_described, &engines);
+    // SAFETY: parent, live main server.
+    let server_label = unsafe { server_label(s) };
+    let fingerprint =
+        daemon_fingerprint(&socket_path, level, &logs_described, &server_label, &engines);
     let running = (ret.pid != 0 && process::alive(ret.pid)).then(|| ret.fingerprint().to_owned());
     apply(plan::decide(running.as_deref(), &fingerprint), ret, s);
 
@@ -224,6 +229,7 @@ pub unsafe fn post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) 
         fingerprint,
         level,
         instance_logs,
+        server_label,
         proc_rec: std::ptr::null_mut(),
         registered: false,
     };
@@ -254,13 +260,34 @@ fn daemon_fingerprint(
     socket: &std::path::Path,
     level: ::log::LevelFilter,
     instance_logs: &str,
+    server_label: &str,
     engines: &Engines,
 ) -> String {
     // SAFETY: plain reads of httpd's unixd configuration.
     let user = unsafe { (ffi::ap_unixd_config.user_id, ffi::ap_unixd_config.group_id) };
     let build = build_identity();
-    let id = plan::DaemonIdentity { socket, level, build: &build, user, instance_logs };
+    let id =
+        plan::DaemonIdentity { socket, level, build: &build, user, instance_logs, server_label };
     plan::fingerprint(&id, engines)
+}
+
+/// This Apache server's name in the daemon's metrics and server-status
+/// ([`plan::server_label`]): the machine's hostname, the main server's ServerName, and its
+/// port (the first `Listen` port when ServerName names none).
+///
+/// # Safety
+/// Parent, in post_config; `s` is the live main server.
+unsafe fn server_label(s: *mut ffi::server_rec) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into our buffer; the last byte stays NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let host = if rc == 0 { CStr::from_bytes_until_nul(&buf).ok() } else { None };
+    let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");
+    // SAFETY: per contract; server_hostname is NULL or a pool string.
+    let name = unsafe { pool::cstr((*s).server_hostname) }.unwrap_or("");
+    // SAFETY: per contract. The main server's port, else Apache's first listener's.
+    let port = unsafe { super::vouch::vhost_address(s, "") }.map(|(addr, _)| addr.port());
+    plan::server_label(host, name, port)
 }
 
 /// Each engine's log level and destination, those of the first push vhost that uses it (its
@@ -499,6 +526,7 @@ fn start(sup: &mut Supervisor, ret: &mut Retained) {
         routes: &sup.routes,
         level: sup.level,
         instance_logs: &sup.instance_logs,
+        server_label: &sup.server_label,
     };
     // SAFETY: parent only, single-threaded, live pconf/server (the supervisor lives in pconf).
     match unsafe { process::spawn(&spec) } {

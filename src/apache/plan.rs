@@ -77,6 +77,25 @@ pub struct DaemonIdentity<'a> {
     pub user: (u32, u32),
     /// Each engine's log level and destination (its vhost's LogLevel and own ErrorLog).
     pub instance_logs: &'a str,
+    /// [`server_label`]: a kept daemon could not learn a new one, so a changed ServerName (or
+    /// hostname) replaces the daemon like any other push configuration change.
+    pub server_label: &'a str,
+}
+
+/// The name of this Apache server in the metrics the daemon writes to Redis
+/// (`notify_push_metrics:<label>`, the `server` field) and in server-status:
+/// `<hostname>/<ServerName>[:<port>]`, e.g. `web1/cloud.example.com:443`. The port tells two
+/// Apache servers on one machine apart; without a hostname the label starts at the ServerName.
+pub fn server_label(hostname: &str, server_name: &str, port: Option<u16>) -> String {
+    let mut label = match hostname.trim() {
+        "" => String::new(),
+        host => format!("{host}/"),
+    };
+    label.push_str(server_name);
+    if let Some(port) = port.filter(|p| *p != 0) {
+        label.push_str(&format!(":{port}"));
+    }
+    label
 }
 
 /// The daemon's fingerprint (hex SHA-1): the handoff protocol, the module version and build,
@@ -93,6 +112,7 @@ pub fn fingerprint(id: &DaemonIdentity<'_>, engines: &Engines) -> String {
         id.level
     ));
     sha.update(format!("user={}:{};logs={};", id.user.0, id.user.1, id.instance_logs));
+    sha.update(format!("server={};", id.server_label));
     // The loopback addresses are part of the daemon's configuration (not of the engines').
     for (print, loopback) in engines.prints.iter().zip(&engines.loopbacks) {
         sha.update(format!("{print}@{:?}", loopback.map(|l| l.0)).as_bytes());
@@ -196,6 +216,7 @@ mod tests {
             build: "1:2:3:4",
             user: (33, 33),
             instance_logs: "0=WARN@main",
+            server_label: "web1/cloud.example.com:443",
         };
         let base = fingerprint(&id, &engines);
         assert_eq!(base.len(), 40);
@@ -208,6 +229,7 @@ mod tests {
             DaemonIdentity { user: (0, 0), ..id },
             DaemonIdentity { instance_logs: "0=DEBUG@main", ..id },
             DaemonIdentity { instance_logs: "0=WARN@/var/log/apache2/cloud-error.log", ..id },
+            DaemonIdentity { server_label: "web1/cloud.example.com:8443", ..id },
         ];
         for variant in &variants {
             assert_ne!(fingerprint(variant, &engines), base, "{variant:?}");
@@ -217,6 +239,21 @@ mod tests {
         assert_ne!(fingerprint(&id, &routed), base, "the loopback address counts");
         engines.add(&config("http://b.example/"), None);
         assert_ne!(fingerprint(&id, &engines), base, "another engine counts");
+    }
+
+    #[test]
+    fn server_labels_name_host_server_and_port() {
+        assert_eq!(
+            server_label("web1", "cloud.example.com", Some(443)),
+            "web1/cloud.example.com:443"
+        );
+        assert_ne!(
+            server_label("web1", "localhost", Some(8080)),
+            server_label("web1", "localhost", Some(8081)),
+            "two servers on one machine"
+        );
+        assert_eq!(server_label("", "cloud.example.com", None), "cloud.example.com");
+        assert_eq!(server_label("web1", "cloud.example.com", Some(0)), "web1/cloud.example.com");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct SpawnSpec<'a> {
     pub level: ::log::LevelFilter,
     /// Per engine: its vhost's level and log destination.
     pub instance_logs: &'a [aplog::InstanceLog],
+    /// This Apache server's name in the daemon's metrics (`plan::server_label`).
+    pub server_label: &'a str,
 }
 
 /// Forks the daemon and waits (bounded) until it reports ready. Returns its pid and the
@@ -320,6 +322,7 @@ unsafe fn child_main(
         socket_path: spec.socket_path.to_path_buf(),
         engines: spec.engines.to_vec(),
         routes: spec.routes.to_vec(),
+        server_label: spec.server_label.to_owned(),
         ready,
         stop_notice: Some(notice),
         reopen_log: aplog::replace_descriptor,

@@ -85,10 +85,11 @@ fn auto(status: &Result<DaemonStatus, String>) -> String {
     };
     let mut out = format!(
         "NextcloudPushDaemon: running\nNextcloudPushPid: {}\nNextcloudPushVersion: {}\n\
-         NextcloudPushUptime: {}\nNextcloudPushSessionsPlain: {}\nNextcloudPushSessionsTLS: {}\n\
-         NextcloudPushSessionsBridged: {}\nNextcloudPushInstances: {}\n",
+         NextcloudPushServer: {}\nNextcloudPushUptime: {}\nNextcloudPushSessionsPlain: {}\n\
+         NextcloudPushSessionsTLS: {}\nNextcloudPushSessionsBridged: {}\nNextcloudPushInstances: {}\n",
         status.pid,
         status.version,
+        one_line(&status.server),
         status.uptime_secs,
         status.plain,
         status.tls,
@@ -165,10 +166,11 @@ fn html(status: &Result<DaemonStatus, String>) -> String {
         }
     };
     out.push_str(&format!(
-        "<dl>\n<dt>Push daemon: pid {}, version {}, up {} s</dt>\n<dt>Sessions: {} plain, {} TLS \
-         (handed over), {} bridged (each holds a worker)</dt>\n</dl>\n",
+        "<dl>\n<dt>Push daemon: pid {}, version {}, server {}, up {} s</dt>\n<dt>Sessions: {} \
+         plain, {} TLS (handed over), {} bridged (each holds a worker)</dt>\n</dl>\n",
         status.pid,
         escape(&status.version),
+        escape(&status.server),
         status.uptime_secs,
         status.plain,
         status.tls,
@@ -204,6 +206,7 @@ mod tests {
             pid: 42,
             version: "0.1.0".into(),
             uptime_secs: 90,
+            server: "web1/cloud.example:443".into(),
             plain: 3,
             tls: 2,
             bridged: 1,
@@ -229,6 +232,7 @@ mod tests {
         for line in [
             "NextcloudPushDaemon: running",
             "NextcloudPushPid: 42",
+            "NextcloudPushServer: web1/cloud.example:443",
             "NextcloudPushSessionsTLS: 2",
             "NextcloudPushSessionsBridged: 1",
             "NextcloudPushInstance0Users: 4",

@@ -405,7 +405,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refuses_near_the_fd_limit_and_when_shutting_down() {
         let engine = engine();
-        let st = State::new(vec![engine], wire::ready::FD_RESERVE + 1);
+        let st = State::new(vec![engine], String::new(), wire::ready::FD_RESERVE + 1);
         let hello = Hello::new(0, None);
         assert!(admit(&hello, &st).is_ok());
         assert!(admit(&Hello::new(0, Some(st.prints[0].clone())), &st).is_ok());

@@ -51,6 +51,7 @@ fn status(state: &State) -> DaemonStatus {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: state.started.elapsed().as_secs(),
+        server: state.server_label.clone(),
         plain,
         tls,
         bridged,

@@ -47,6 +47,10 @@ pub struct DaemonSetup {
     pub engines: Vec<EngineConfig>,
     /// How each engine reaches Nextcloud (same index; missing: the URL, no vouching).
     pub routes: Vec<NextcloudRoute>,
+    /// Which Apache server this daemon belongs to (`<hostname>/<ServerName>:<port>`, made by
+    /// the parent): every engine labels its Redis metrics with it
+    /// (`Engine::set_server_label`), and `server-status` shows it.
+    pub server_label: String,
     pub ready: Ready,
     /// The daemon's end of the stop-notice channel (`wire::notice`): the Apache parent writes
     /// `T` on `apachectl stop` (and waits for the answer `A` before it stops the children, so
@@ -89,6 +93,8 @@ struct State {
     bridged: Arc<AtomicUsize>,
     /// Sessions whose TLS session moved here from mod_ssl.
     tls: Arc<AtomicUsize>,
+    /// [`DaemonSetup::server_label`].
+    server_label: String,
     fd_limit: u64,
     refused: AtomicU64,
     hold: Arc<Hold>,
@@ -96,10 +102,11 @@ struct State {
 }
 
 impl State {
-    fn new(engines: Vec<Arc<Engine>>, fd_limit: u64) -> State {
+    fn new(engines: Vec<Arc<Engine>>, server_label: String, fd_limit: u64) -> State {
         State {
             prints: engines.iter().map(|e| e.config().fingerprint()).collect(),
             engines,
+            server_label,
             shutting_down: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
             bridged: Arc::new(AtomicUsize::new(0)),
@@ -148,9 +155,17 @@ impl StopSignals {
 }
 
 async fn serve(setup: DaemonSetup) -> i32 {
-    let DaemonSetup { listener, socket_path, engines, routes, ready, stop_notice, reopen_log } =
-        setup;
-    let started = start(listener, &socket_path, engines, routes);
+    let DaemonSetup {
+        listener,
+        socket_path,
+        engines,
+        routes,
+        server_label,
+        ready,
+        stop_notice,
+        reopen_log,
+    } = setup;
+    let started = start(listener, &socket_path, engines, routes, server_label);
     let (signals, listener, state) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -205,6 +220,7 @@ fn start(
     socket_path: &std::path::Path,
     configs: Vec<EngineConfig>,
     routes: Vec<NextcloudRoute>,
+    server_label: String,
 ) -> Result<(StopSignals, UnixListener, Arc<State>), StartupError> {
     // Install the handlers first: until then SIGTERM would kill us without cleanup.
     let signals = StopSignals {
@@ -217,6 +233,7 @@ fn start(
         // Its records carry the instance number: the logger follows that vhost's LogLevel and
         // ErrorLog (apache::log).
         let engine = Engine::for_instance(config, route, i).map_err(StartupError::Engine)?;
+        engine.set_server_label(server_label.as_str());
         engine.start();
         engines.push(engine);
     }
@@ -224,7 +241,7 @@ fn start(
         listener.set_nonblocking(true).and_then(|()| UnixListener::from_std(listener)).map_err(
             |source| StartupError::Socket { path: socket_path.display().to_string(), source },
         )?;
-    Ok((signals, listener, Arc::new(State::new(engines, sys::nofile_limit()))))
+    Ok((signals, listener, Arc::new(State::new(engines, server_label, sys::nofile_limit()))))
 }
 
 /// Accepts Apache children's connections until a signal or a stop notice says stop. A hard
@@ -403,6 +420,6 @@ mod tests {
     }
 
     pub(super) fn state(engines: Vec<Arc<Engine>>) -> Arc<State> {
-        Arc::new(State::new(engines, 100_000))
+        Arc::new(State::new(engines, String::new(), 100_000))
     }
 }

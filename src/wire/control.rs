@@ -84,6 +84,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     pub version: String,
     pub uptime_secs: u64,
+    /// The Apache server the daemon belongs to (`DaemonSetup::server_label`).
+    #[serde(default)]
+    pub server: String,
     /// Sessions by transport: handed-off plain HTTP, handed-off TLS, bridged by a worker.
     pub plain: usize,
     pub tls: usize,

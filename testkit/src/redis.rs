@@ -196,6 +196,11 @@ impl RedisServer {
         ::redis::cmd("GET").arg(key).query(&mut self.connection()).expect("GET")
     }
 
+    /// `TTL key`: the seconds the key has left, -1 without an expiry, -2 if it is missing.
+    pub fn ttl(&self, key: &str) -> i64 {
+        ::redis::cmd("TTL").arg(key).query(&mut self.connection()).expect("TTL")
+    }
+
     pub fn del(&self, key: &str) {
         ::redis::cmd("DEL").arg(key).query::<()>(&mut self.connection()).expect("DEL")
     }

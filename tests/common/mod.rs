@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod client;
+pub mod http;
 
 use std::time::Duration;
 
@@ -51,11 +52,7 @@ impl Stack {
         configure: impl FnOnce(ApacheBuilder) -> ApacheBuilder,
     ) -> Result<Stack, Skip> {
         let env = Env::require()?;
-        let builder = Apache::builder(&env)
-            .nextcloud_url(&nextcloud.base_url())
-            .redis("127.0.0.1", redis.port())
-            .vhost_line("NextcloudPushDebounce Off");
-        let apache = configure(builder).start(mode).await;
+        let apache = configure(push_builder(&env, &redis, &nextcloud)).start(mode).await;
         let stack = Stack { redis, nextcloud, apache };
         stack.await_subscribed().await;
         Ok(stack)
@@ -101,6 +98,22 @@ impl Stack {
         drop(nextcloud);
         drop(redis);
     }
+}
+
+/// An Apache with push for `nextcloud` through `redis` (a generated config.php), debouncing off
+/// so events arrive at once.
+pub fn push_builder(env: &Env, redis: &RedisServer, nextcloud: &NextcloudDouble) -> ApacheBuilder {
+    Apache::builder(env)
+        .nextcloud_url(&nextcloud.base_url())
+        .redis("127.0.0.1", redis.port())
+        .vhost_line("NextcloudPushDebounce Off")
+}
+
+/// The label a test Apache's daemon puts on its metrics: this machine's hostname, the main
+/// server's `ServerName localhost` and its `Listen` port.
+pub fn server_label(apache: &Apache) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    format!("{}/localhost:{}", host.trim(), apache.port())
 }
 
 /// The Nextcloud double with alice and bob.
