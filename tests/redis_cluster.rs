@@ -90,8 +90,14 @@ async fn events_pre_auth_and_key_commands_go_through_the_cluster() {
 
     // The self-test's key commands, whichever master owns the keys.
     cluster.set("test-token", TOKEN);
-    cluster.publish("notify_test_cookie", "4242");
-    assert_eq!(stack.http("GET", "/push/test/cookie").await, (200, "4242".to_string()));
+    // The cookie published on every other node in turn (Nextcloud's client picks any node):
+    // `/test/cookie` right afterwards still sees each one.
+    let others = cluster.ports().into_iter().filter(|&p| p != node);
+    for (round, port) in others.enumerate() {
+        let cookie = (4242 + round).to_string();
+        cluster.publish_on(port, "notify_test_cookie", &cookie);
+        assert_eq!(stack.http("GET", "/push/test/cookie").await, (200, cookie), "via {port}");
+    }
     assert_eq!(stack.http("POST", "/push/test/version").await, (200, "set".to_string()));
     assert!(cluster.get("notify_push_version").is_some(), "notify_push_version set in the cluster");
     cluster.publish("notify_query", r#""metrics""#);

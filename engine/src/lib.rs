@@ -97,6 +97,8 @@ pub struct Engine {
     /// token → (uid, received)
     pre_auth: Mutex<HashMap<String, (String, Instant)>>,
     test_cookie: AtomicU32,
+    /// Woken whenever a `notify_test_cookie` arrives (`/test/cookie` in a cluster waits on it).
+    test_cookie_arrived: tokio::sync::Notify,
     signals: broadcast::Sender<Signal>,
     /// Number of live sessions (authenticated or not), for a bounded shutdown.
     sessions: watch::Sender<usize>,
@@ -195,6 +197,7 @@ impl Engine {
             redis,
             pre_auth: Mutex::new(HashMap::new()),
             test_cookie: AtomicU32::new(0),
+            test_cookie_arrived: tokio::sync::Notify::new(),
             signals: broadcast::channel(16).0,
             sessions: watch::channel(0).0,
             bridged: watch::channel(0).0,

@@ -216,7 +216,10 @@ pub(crate) fn handle(engine: &Arc<Engine>, channel: &str, payload: &[u8]) {
             log::debug!(target: TARGET, "pre-auth token for {}", LogUser(&user));
             engine.add_pre_auth(token, user);
         }
-        Event::TestCookie(cookie) => engine.test_cookie.store(cookie, Ordering::SeqCst),
+        Event::TestCookie(cookie) => {
+            engine.test_cookie.store(cookie, Ordering::SeqCst);
+            engine.test_cookie_arrived.notify_waiters();
+        }
         Event::Config(ConfigEvent::LogSpec(spec)) => engine.apply_log_spec(&spec),
         Event::Config(ConfigEvent::Restore) => engine.restore_log_level(),
         Event::Query(query) if query == "metrics" => {

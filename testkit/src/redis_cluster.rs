@@ -156,6 +156,11 @@ impl RedisCluster {
         ::redis::cmd("GET").arg(key).query(&mut connection).expect("GET")
     }
 
+    /// `PUBLISH` on the given node.
+    pub fn publish_on(&self, port: u16, channel: &str, payload: &str) {
+        self.command(port, &["PUBLISH", channel, payload]);
+    }
+
     /// The master that owns `key`'s slot now.
     pub fn master_of(&self, key: &str) -> u16 {
         let port = *self.live_ports().first().expect("a live node");
