@@ -22,19 +22,35 @@ struct ClusterStack {
     apache: Apache,
 }
 
-/// config.php with `redis.cluster` listing every node as a seed, as the ACL user.
+/// config.php with `redis.cluster` listing every node as a seed, as the ACL user; with a TLS
+/// cluster its TLS ports and an `ssl_context` (CA, client certificate).
 fn config_php(cluster: &RedisCluster, nextcloud: &str) -> String {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("'{s}'")).collect();
+    let (seeds, ssl_context) = match cluster.tls() {
+        None => (cluster.seeds(), String::new()),
+        Some(tls) => (
+            cluster.tls_seeds(),
+            format!(
+                "    'ssl_context' => array ('cafile' => '{}', 'local_cert' => '{}', 'local_pk' => '{}'),\n",
+                tls.ca.display(),
+                tls.client_cert.display(),
+                tls.client_key.display()
+            ),
+        ),
+    };
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("'{s}'")).collect();
     format!(
         "<?php\n$CONFIG = array (\n  'datadirectory' => '{{root}}/data',\n  'dbtype' => 'sqlite3',\n  \
          'dbname' => 'nextcloud',\n  'overwrite.cli.url' => '{nextcloud}',\n  'redis.cluster' => array (\n    \
-         'seeds' => array ({}),\n    'user' => '{USER}',\n    'password' => '{PASSWORD}',\n  ),\n);\n",
+         'seeds' => array ({}),\n    'user' => '{USER}',\n    'password' => '{PASSWORD}',\n{ssl_context}  ),\n);\n",
         seeds.join(", ")
     )
 }
 
 async fn cluster_stack() -> Result<ClusterStack, testkit::Skip> {
-    let cluster = RedisCluster::start()?;
+    stack_on(RedisCluster::start()?).await
+}
+
+async fn stack_on(cluster: RedisCluster) -> Result<ClusterStack, testkit::Skip> {
     let nextcloud = start_nextcloud();
     let env = Env::require()?;
     let apache = Apache::builder(&env)
@@ -224,5 +240,39 @@ async fn the_directive_can_name_the_cluster_seeds() {
     alice.expect_text("seeds_by_directive", T).await;
     assert!(!apache.error_log().contains(PASSWORD), "the password is never logged");
     alice.close().await;
+    apache.finish();
+}
+
+/// A TLS cluster (`rediss://` seeds, config.php's `ssl_context` with the CA and a client
+/// certificate, the ACL user): the subscription and the key commands run over TLS, to the nodes'
+/// TLS ports, and events, `/test/cookie` and `/test/version` work as without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_with_an_acl_user_works_the_same() {
+    let stack = require!(stack_on(require!(RedisCluster::start_tls())).await);
+    let cluster = &stack.cluster;
+    let node = cluster.subscribed_nodes("notify_custom")[0];
+    let tls_port = cluster.tls_seeds()[cluster.ports().iter().position(|&p| p == node).unwrap()]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let clients = cluster.command(node, &["CLIENT", "LIST"]);
+    assert!(
+        clients.lines().any(|l| l.contains(&format!(" user={USER} "))
+            && l.contains("subscribe")
+            && l.contains(&format!("laddr=127.0.0.1:{tls_port} "))),
+        "the subscription runs over TLS as the ACL user:\n{clients}"
+    );
+    let mut alice = stack.login(ALICE).await;
+    cluster.publish("notify_custom", r#"{"user":"alice","message":"over_tls"}"#);
+    alice.expect_text("over_tls", T).await;
+    cluster.set("test-token", TOKEN);
+    cluster.publish("notify_test_cookie", "777");
+    assert_eq!(stack.http("GET", "/push/test/cookie").await, (200, "777".to_string()));
+    assert_eq!(stack.http("POST", "/push/test/version").await, (200, "set".to_string()));
+    assert!(cluster.get("notify_push_version").is_some());
+    alice.close().await;
+    let mut apache = stack.apache;
+    apache.allow("NCP1013");
     apache.finish();
 }

@@ -35,8 +35,8 @@ pub struct RedisTlsFiles {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
 }
 
 impl RedisServer {
@@ -300,7 +300,7 @@ fn ping(url: &str) -> bool {
         .is_ok_and(|pong| pong == "PONG")
 }
 
-fn make_certificates(dir: &std::path::Path) -> Result<RedisTlsFiles, Skip> {
+pub(crate) fn make_certificates(dir: &std::path::Path) -> Result<RedisTlsFiles, Skip> {
     let Some(openssl) = crate::find_binary("openssl") else {
         let reason = "openssl not found (install the `openssl` package)";
         if crate::in_ci() {

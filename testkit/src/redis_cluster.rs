@@ -22,16 +22,31 @@ pub const PASSWORD: &str = "cluster-s3cret";
 pub struct RedisCluster {
     dir: tempfile::TempDir,
     nodes: Vec<ClusterNode>,
+    tls: Option<crate::redis::RedisTlsFiles>,
 }
 
 struct ClusterNode {
     port: u16,
+    /// With [`RedisCluster::start_tls`]: the node's TLS port.
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl RedisCluster {
     /// Starts nine nodes and creates the cluster; returns when every node says `cluster_state:ok`.
     pub fn start() -> Result<RedisCluster, Skip> {
+        RedisCluster::start_inner(false)
+    }
+
+    /// [`RedisCluster::start`] whose nodes also serve TLS (`rediss://` on [`RedisCluster::tls_seeds`],
+    /// certificates from [`RedisCluster::tls`], readable by everyone) and talk TLS among
+    /// themselves (`tls-cluster`, `tls-replication`); the plain ports stay open for the test's
+    /// own commands. A TLS client is told the TLS ports of the other nodes.
+    pub fn start_tls() -> Result<RedisCluster, Skip> {
+        RedisCluster::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Result<RedisCluster, Skip> {
         let server = crate::find_binary("redis-server");
         let cli = crate::find_binary("redis-cli");
         let (Some(server), Some(cli)) = (server, cli) else {
@@ -42,12 +57,49 @@ impl RedisCluster {
             return Err(Skip(reason.into()));
         };
         let dir = tempfile::tempdir().map_err(|e| Skip(format!("cannot create a tempdir: {e}")))?;
-        let mut cluster = RedisCluster { dir, nodes: Vec::new() };
+        let files = if tls {
+            let files = crate::redis::make_certificates(dir.path())?;
+            // The push daemon (Apache's User) reads the CA and client files.
+            for f in std::fs::read_dir(dir.path()).expect("cert dir").flatten() {
+                let _ = std::fs::set_permissions(
+                    f.path(),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                );
+            }
+            let _ = std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            );
+            Some(files)
+        } else {
+            None
+        };
+        let mut cluster = RedisCluster { dir, nodes: Vec::new(), tls: files };
         for i in 0..9 {
             let port = crate::free_port();
             let node_dir = cluster.dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = Command::new(&server)
+            let mut command = Command::new(&server);
+            let tls_port = cluster.tls.as_ref().map(|files| {
+                let tls_port = crate::free_port();
+                command
+                    .args(["--tls-port", &tls_port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .args(["--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(&files.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&files.server_key)
+                    // The cluster bus checks the connecting node's certificate as a client's.
+                    .arg("--tls-client-cert-file")
+                    .arg(&files.client_cert)
+                    .arg("--tls-client-key-file")
+                    .arg(&files.client_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&files.ca);
+                tls_port
+            });
+            let child = command
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
@@ -63,7 +115,7 @@ impl RedisCluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", server.display()));
-            cluster.nodes.push(ClusterNode { port, child: Some(child) });
+            cluster.nodes.push(ClusterNode { port, tls_port, child: Some(child) });
         }
         for node in &cluster.nodes {
             let url = format!("redis://127.0.0.1:{}/", node.port);
@@ -75,9 +127,19 @@ impl RedisCluster {
             let acl = ["ACL", "SETUSER", USER, "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"];
             cluster.command(node.port, &acl);
         }
-        let addresses: Vec<String> =
-            cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let create = Command::new(&cli)
+        // With tls-cluster the cluster bus hangs off the TLS port: the nodes meet there.
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
+            .collect();
+        // Bounded: redis-cli waits forever for nodes that cannot meet.
+        let mut create = Command::new("timeout");
+        create.arg("60").arg(&cli);
+        if let Some(files) = &cluster.tls {
+            create.arg("--tls").arg("--cacert").arg(&files.ca);
+        }
+        let create = create
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -111,6 +173,16 @@ impl RedisCluster {
     /// The seeds as `host:port`, every node (what config.php's `redis.cluster.seeds` lists).
     pub fn seeds(&self) -> Vec<String> {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// With [`RedisCluster::start_tls`]: every node's TLS address, `host:port`.
+    pub fn tls_seeds(&self) -> Vec<String> {
+        self.nodes.iter().filter_map(|n| n.tls_port).map(|p| format!("127.0.0.1:{p}")).collect()
+    }
+
+    /// With [`RedisCluster::start_tls`]: the CA and the client certificate.
+    pub fn tls(&self) -> Option<&crate::redis::RedisTlsFiles> {
+        self.tls.as_ref()
     }
 
     pub fn ports(&self) -> Vec<u16> {
