@@ -276,3 +276,35 @@ async fn a_tls_cluster_with_an_acl_user_works_the_same() {
     apache.allow("NCP1013");
     apache.finish();
 }
+
+/// Resharding: every slot of the master that owns `notify_push_version` moves to another master
+/// while sessions are open. Key commands follow (`MOVED`), the subscription is untouched
+/// (pub/sub does not depend on slots), the sessions receive the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_commands_follow_a_reshard_and_sessions_keep_receiving() {
+    let stack = require!(cluster_stack().await);
+    let cluster = &stack.cluster;
+    let mut alice = stack.login(ALICE).await;
+    cluster.set("test-token", TOKEN);
+    assert_eq!(stack.http("POST", "/push/test/version").await, (200, "set".to_string()));
+    let from = cluster.master_of("notify_push_version");
+    let nodes = cluster.command(from, &["CLUSTER", "NODES"]);
+    let to = nodes
+        .lines()
+        .filter(|l| l.contains("master") && !l.contains("myself"))
+        .find_map(|l| {
+            l.split_whitespace().nth(1)?.split('@').next()?.rsplit(':').next()?.parse::<u16>().ok()
+        })
+        .expect("another master");
+    cluster.move_all_slots(from, to);
+    assert_eq!(cluster.master_of("notify_push_version"), to, "the key's slot moved");
+    cluster.set("test-token", TOKEN);
+    assert_eq!(stack.http("POST", "/push/test/version").await, (200, "set".to_string()));
+    assert!(cluster.get("notify_push_version").is_some());
+    cluster.publish("notify_custom", r#"{"user":"alice","message":"after_reshard"}"#);
+    alice.expect_text("after_reshard", T).await;
+    alice.close().await;
+    let mut apache = stack.apache;
+    apache.allow("NCP1013");
+    apache.finish();
+}

@@ -228,6 +228,38 @@ impl RedisCluster {
         ::redis::cmd("GET").arg(key).query(&mut connection).expect("GET")
     }
 
+    /// Moves every slot of the master `from` to the master `to` (`redis-cli --cluster reshard`,
+    /// bounded in time); returns when the cluster is healthy again.
+    pub fn move_all_slots(&self, from: u16, to: u16) {
+        let id = |port: u16| self.command(port, &["CLUSTER", "MYID"]);
+        let slots = self
+            .command(from, &["CLUSTER", "NODES"])
+            .lines()
+            .find(|l| l.contains("myself"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(8)
+                    .map(|r| {
+                        let (a, b) = r.split_once('-').unwrap_or((r, r));
+                        b.parse::<u32>().unwrap_or(0) + 1 - a.parse::<u32>().unwrap_or(0)
+                    })
+                    .sum::<u32>()
+            })
+            .unwrap_or(0);
+        let cli = crate::find_binary("redis-cli").expect("redis-cli");
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(cli)
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster reshard");
+        assert!(out.status.success(), "reshard failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(self.await_healthy(Duration::from_secs(30)), "{}", self.describe());
+    }
+
     /// `PUBLISH` on the given node.
     pub fn publish_on(&self, port: u16, channel: &str, payload: &str) {
         self.command(port, &["PUBLISH", channel, payload]);
