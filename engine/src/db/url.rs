@@ -245,11 +245,18 @@ impl DbConfig {
         if let Some(port) = parsed.port() {
             config.port = port;
         }
-        if !parsed.username().is_empty() {
-            config.username = Some(percent_decode(parsed.username()).map_err(invalid)?);
-        }
-        if let Some(password) = parsed.password() {
-            config.password = Some(percent_decode(password).map_err(invalid)?);
+        // The credentials from the raw text too: the url crate reads `:pw@` as no user and
+        // `nc:@` as no password, but config.php's empty `dbuser`/`dbpassword` are values.
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (user, Some(password)),
+                None => (userinfo, None),
+            };
+            config.username = Some(percent_decode(user).map_err(invalid)?);
+            if let Some(password) = password {
+                config.password = Some(percent_decode(password).map_err(invalid)?);
+            }
         }
         // The database name from the raw text: the url crate would resolve a name of "." or
         // ".." as a dot segment and lose it.
@@ -416,10 +423,11 @@ impl DbConfig {
                 if !self.database.is_empty() {
                     options = options.database(&self.database);
                 }
-                if let Some(user) = &self.username {
+                // Empty as PDO takes it: no user name (the driver's default), no password.
+                if let Some(user) = self.username.as_deref().filter(|u| !u.is_empty()) {
                     options = options.username(user);
                 }
-                if let Some(password) = &self.password {
+                if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
                     options = options.password(password);
                 }
                 if let Some(ca) = &self.tls_ca {
@@ -446,10 +454,11 @@ impl DbConfig {
                 if !self.database.is_empty() {
                     options = options.database(&self.database);
                 }
-                if let Some(user) = &self.username {
+                // Empty as PDO takes it: no user name (the driver's default), no password.
+                if let Some(user) = self.username.as_deref().filter(|u| !u.is_empty()) {
                     options = options.username(user);
                 }
-                if let Some(password) = &self.password {
+                if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
                     options = options.password(password);
                 }
                 if let Some(ca) = &self.tls_ca {
