@@ -176,11 +176,15 @@ async fn self_test_steps(stack: SelfTestStack, rounds: u32) {
     let token = [("token", TOKEN)];
     let redis = &stack.redis;
 
-    // 1. Redis is the queue: the app publishes through it (the daemon is subscribed).
-    assert!(redis.subscribers("notify_test_cookie") >= 1, "step 1: redis");
-    // 2. URL sanity: http:// only warns; the URL is well-formed.
-    let base = format!("{}/push", stack.apache.http_url());
-    assert!(base.starts_with("http://"), "step 2");
+    // 1. Redis is the queue Nextcloud publishes through: exactly one subscriber (this server's
+    // daemon) on every channel the app uses.
+    for channel in nextcloud_push_engine::CHANNELS {
+        assert_eq!(redis.subscribers(channel), 1, "step 1: {channel}");
+    }
+    // 2. The URL given to setup (`<scheme>://<host>/push`) is the module's: its test routes
+    // answer there (the token gate's own refusal), not Nextcloud.
+    let (status, _, body) = stack.http("GET", "/push/test/cookie", &[]);
+    assert_eq!((status, body.as_str()), (400, "Missing request header \"token\""), "step 2");
 
     for round in 0..rounds {
         // 3. Prepare: SET test-token, PUBLISH notify_test_cookie, app config cookie.
