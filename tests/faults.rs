@@ -1,0 +1,179 @@
+//! Faults under load: 2000 push sessions (200 users) through a real Apache while Redis is killed
+//! and restarted, Apache restarts gracefully 20 times in a row, and the push daemon is
+//! SIGKILLed. Asserts what must hold (no session lost to a Redis outage or a graceful restart,
+//! every session receives the events published after recovery, the daemon comes back and every
+//! client logs in again after a kill) and prints the figures: sessions lost, events lost, time to
+//! recover. (The database's outages are covered by engine/tests/db_outage.rs.)
+
+mod common;
+
+use common::{Client, Stack};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use testkit::apache::Mode;
+use testkit::require;
+
+const SESSIONS: usize = 2000;
+const USERS: usize = 200;
+/// Upgrades in flight at once.
+const CONCURRENCY: usize = 100;
+const GRACEFUL_RESTARTS: usize = 20;
+/// Upper bound of each phase.
+const PHASE: Duration = Duration::from_secs(120);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn user(i: usize) -> (String, String) {
+    (format!("fault{i:03}"), format!("password-{i:03}"))
+}
+
+fn figure(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Logs in `SESSIONS` clients (client `n` is user `n % USERS`), at most `CONCURRENCY` at once.
+async fn log_in_all(url: &str) -> Vec<Client> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..SESSIONS {
+        let (gate, url) = (gate.clone(), url.to_owned());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let (name, password) = user(n % USERS);
+            (n, Client::login(&url, &name, &password, CLIENT_TIMEOUT).await)
+        });
+    }
+    let mut clients: Vec<Option<Client>> = (0..SESSIONS).map(|_| None).collect();
+    let all = tokio::time::timeout(PHASE, async {
+        while let Some(joined) = tasks.join_next().await {
+            let (n, client) = joined.expect("login task panicked");
+            clients[n] = Some(client);
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "not every client logged in within {PHASE:?}");
+    clients.into_iter().map(|c| c.expect("logged in")).collect()
+}
+
+/// Publishes `marker` once per user; returns how many sessions received it (each must get
+/// exactly its user's marker, nothing else first) and how many ended instead.
+async fn broadcast(stack: &Stack, clients: &mut [Client], marker: &str) -> (usize, usize) {
+    for u in 0..USERS {
+        let (name, _) = user(u);
+        stack
+            .publish("notify_custom", &format!(r#"{{"user":"{name}","message":"{marker}"}}"#))
+            .await;
+    }
+    let answers =
+        futures_util::future::join_all(clients.iter_mut().map(|c| c.next_text(CLIENT_TIMEOUT)))
+            .await;
+    let received = answers.iter().filter(|a| a.as_deref() == Ok(marker)).count();
+    let ended = answers
+        .iter()
+        .filter(|a| a.as_ref().is_err_and(|e| e.contains("ended") || e.contains("Close")))
+        .count();
+    for text in answers.iter().flatten() {
+        assert_eq!(text, marker, "a session got something else than its user's event");
+    }
+    (received, ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_under_load_keep_sessions_and_recover() {
+    let (soft, _) = rlimit::increase_nofile_limit(16384).map(|s| (s, s)).unwrap_or((0, 0));
+    assert!(soft >= 8192, "RLIMIT_NOFILE could only be raised to {soft}");
+    let mut stack = require!(Stack::start(Mode::Foreground, |b| b).await);
+    for i in 0..USERS {
+        let (name, password) = user(i);
+        stack.nextcloud.add_user(&name, &password, &name);
+    }
+    let url = stack.ws_url();
+    let started = Instant::now();
+    let mut clients = log_in_all(&url).await;
+    figure(format!(
+        "FIGURES faults: {SESSIONS} sessions ({USERS} users) logged in in {:?}",
+        started.elapsed()
+    ));
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    assert_eq!(broadcast(&stack, &mut clients, "baseline").await, (SESSIONS, 0));
+
+    // 1. Redis killed, an event published into the void, Redis back (empty, same port).
+    stack.redis.stop();
+    stack.apache.await_error_log("NCP1001", PHASE).await;
+    let restarted = Instant::now();
+    stack.redis.restart();
+    assert!(
+        stack.redis.wait_for_subscribers("notify_custom", 1, PHASE).await,
+        "the daemon never subscribed again"
+    );
+    let resubscribed = restarted.elapsed();
+    let (received, ended) = broadcast(&stack, &mut clients, "after_redis").await;
+    assert_eq!((received, ended), (SESSIONS, 0), "sessions lost to a Redis restart");
+    figure(format!(
+        "FIGURES faults: Redis killed and restarted: 0 of {SESSIONS} sessions lost, subscribed again {resubscribed:?} after the restart, {received} of {SESSIONS} received the next event"
+    ));
+
+    // 2. Graceful restarts in a row (what logrotate and config changes do), an event per user
+    // published after each: every session gets all of them, in order.
+    let t0 = Instant::now();
+    for i in 0..GRACEFUL_RESTARTS {
+        stack.apache.graceful_restart().await;
+        for u in 0..USERS {
+            let (name, _) = user(u);
+            let event = format!(r#"{{"user":"{name}","message":"graceful_{i}"}}"#);
+            stack.publish("notify_custom", &event).await;
+        }
+    }
+    let restarts = t0.elapsed();
+    assert_eq!(stack.apache.daemon_pid(), Some(daemon), "graceful restarts keep the daemon");
+    let got = futures_util::future::join_all(clients.iter_mut().map(|c| async move {
+        let mut got = 0;
+        for i in 0..GRACEFUL_RESTARTS {
+            match c.next_text(CLIENT_TIMEOUT).await {
+                Ok(text) if text == format!("graceful_{i}") => got += 1,
+                Ok(text) => panic!("expected graceful_{i}, got {text}"),
+                Err(_) => break,
+            }
+        }
+        got
+    }))
+    .await;
+    let delivered: usize = got.iter().sum();
+    let lost = SESSIONS * GRACEFUL_RESTARTS - delivered;
+    assert_eq!(lost, 0, "events lost during graceful restarts");
+    let (received, ended) = broadcast(&stack, &mut clients, "after_graceful").await;
+    assert_eq!((received, ended), (SESSIONS, 0), "sessions lost to graceful restarts");
+    figure(format!(
+        "FIGURES faults: {GRACEFUL_RESTARTS} graceful restarts in {restarts:?} with an event per user after each: 0 of {SESSIONS} sessions lost, {delivered} of {} events delivered in order",
+        SESSIONS * GRACEFUL_RESTARTS
+    ));
+
+    // 3. The daemon SIGKILLed: its sessions are gone with it (as with the old daemon); Apache
+    // starts a new one and every client logs in again.
+    let killed = Instant::now();
+    testkit::apache::signal(daemon, "KILL");
+    let respawned = stack.apache.await_daemon(Some(daemon), PHASE).await;
+    assert!(
+        stack.redis.wait_for_subscribers("notify_custom", 1, PHASE).await,
+        "the new daemon never subscribed"
+    );
+    let back = killed.elapsed();
+    let (received, ended) = broadcast(&stack, &mut clients, "never").await;
+    assert_eq!(received, 0, "a session survived its daemon");
+    drop(clients);
+    let relogin = Instant::now();
+    let mut clients = log_in_all(&url).await;
+    let relogin = relogin.elapsed();
+    assert_eq!(broadcast(&stack, &mut clients, "after_kill").await, (SESSIONS, 0));
+    figure(format!(
+        "FIGURES faults: daemon SIGKILLed: {ended} of {SESSIONS} sessions saw their connection end, new daemon (pid {respawned}) after {back:?}, all {SESSIONS} logged in again in {relogin:?} and received the next event"
+    ));
+
+    for client in clients {
+        client.close().await;
+    }
+    // The kill and the outage are announced; nothing else may be in the log.
+    stack.apache.allow("NCP1001");
+    stack.apache.allow("NCP0011");
+    stack.finish();
+}
