@@ -3,7 +3,8 @@
 //! SIGKILLed. Asserts what must hold (no session lost to a Redis outage or a graceful restart,
 //! every session receives the events published after recovery, the daemon comes back and every
 //! client logs in again after a kill) and prints the figures: sessions lost, events lost, time to
-//! recover. (The database's outages are covered by engine/tests/db_outage.rs.)
+//! recover. (The database's outages are covered by engine/tests/db_outage.rs.) Also: the disk
+//! under a vhost's ErrorLog filling up (a small tmpfs, root only).
 
 mod common;
 
@@ -175,5 +176,91 @@ async fn faults_under_load_keep_sessions_and_recover() {
     // The kill and the outage are announced; nothing else may be in the log.
     stack.apache.allow("NCP1001");
     stack.apache.allow("NCP0011");
+    stack.finish();
+}
+
+/// A small tmpfs mounted for the test (root only), lazily unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    /// Writes zeros into a filler file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// The disk under a vhost's own ErrorLog fills up: the instance's log lines are lost while it
+/// is full (the daemon's writes fail with ENOSPC), never a session, a login or an event; once
+/// there is room again, its lines come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_log_costs_lines_not_sessions() {
+    let disk = match SmallDisk::mount("256k") {
+        Ok(disk) => disk,
+        Err(e) => {
+            assert!(!testkit::in_ci(), "cannot mount a tmpfs ({e}); CI=true: nothing skips");
+            eprintln!("skipped: cannot mount a tmpfs ({e}); run as root");
+            return;
+        }
+    };
+    let log = disk.dir.path().join("cloud-error.log");
+    let mut stack = require!(
+        Stack::start(Mode::Foreground, |b| b
+            .vhost_line(format!("ErrorLog \"{}\"", log.display()))
+            .vhost_line("LogLevel info nextcloud_push:debug"))
+        .await
+    );
+    let mut alice = stack.login(common::ALICE).await;
+    testkit::apache::await_file_line(&log, "alice connected", common::T).await;
+    let daemon = stack.apache.daemon_pid();
+    let filler = disk.fill();
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    // Logins, events and the lines they cause while the disk is full.
+    let mut bob = stack.login(common::BOB).await;
+    for n in 0..20 {
+        stack.roundtrip(&mut alice, "alice", &format!("full_{n}")).await;
+        stack.roundtrip(&mut bob, "bob", &format!("full_{n}")).await;
+    }
+    let during = std::fs::read_to_string(&log).unwrap_or_default().len();
+    assert!(during - before < 4096, "the full disk took {} more bytes", during - before);
+    assert_eq!(stack.apache.daemon_pid(), daemon, "the daemon survives a full disk");
+    std::fs::remove_file(&filler).unwrap();
+    let mut again = stack.login(common::ALICE).await;
+    stack.roundtrip(&mut again, "alice", "room_again").await;
+    let lines =
+        || std::fs::read_to_string(&log).unwrap_or_default().matches("alice connected").count();
+    assert!(
+        testkit::wait_until_sync(common::T, || lines() >= 2),
+        "no instance line after the disk had room again"
+    );
+    for client in [alice, bob, again] {
+        client.close().await;
+    }
     stack.finish();
 }
