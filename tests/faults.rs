@@ -65,9 +65,7 @@ async fn broadcast(stack: &Stack, clients: &mut [Client], marker: &str) -> (usiz
             .publish("notify_custom", &format!(r#"{{"user":"{name}","message":"{marker}"}}"#))
             .await;
     }
-    let answers =
-        futures_util::future::join_all(clients.iter_mut().map(|c| c.next_text(CLIENT_TIMEOUT)))
-            .await;
+    let answers = next_texts(clients).await;
     let received = answers.iter().filter(|a| a.as_deref() == Ok(marker)).count();
     let ended = answers
         .iter()
@@ -179,6 +177,11 @@ async fn faults_under_load_keep_sessions_and_recover() {
     stack.finish();
 }
 
+/// The next text of every session (or why there was none).
+async fn next_texts(clients: &mut [Client]) -> Vec<Result<String, String>> {
+    futures_util::future::join_all(clients.iter_mut().map(|c| c.next_text(CLIENT_TIMEOUT))).await
+}
+
 /// A small tmpfs mounted for the test (root only), lazily unmounted on drop.
 struct SmallDisk {
     dir: tempfile::TempDir,
@@ -262,5 +265,90 @@ async fn a_full_disk_under_the_log_costs_lines_not_sessions() {
     for client in [alice, bob, again] {
         client.close().await;
     }
+    stack.finish();
+}
+
+/// The database (MariaDB, through a TCP proxy the test cuts) goes away under 2000 sessions:
+/// sessions stay; a change on a storage already mapped still reaches everyone (the mapping's
+/// cache answers while the database is down); a change on a storage not mapped yet cannot be
+/// mapped (NCP1101, as with the old daemon); once the database is back, storages are mapped
+/// again and every session gets the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_stopped_and_started_under_load() {
+    use testkit::db::{Backend, TcpProxy, TestDb};
+    let (soft, _) = rlimit::increase_nofile_limit(16384).map(|s| (s, s)).unwrap_or((0, 0));
+    assert!(soft >= 8192, "RLIMIT_NOFILE could only be raised to {soft}");
+    let db = require!(TestDb::create(Backend::MySql, "oc_").await);
+    for u in 0..USERS {
+        db.mount(&user(u).0, 7, "").await;
+        db.mount(&user(u).0, 8, "").await;
+    }
+    // Storage 9 is the first user's only: recovery probes reach just that user's sessions.
+    db.mount(&user(0).0, 9, "").await;
+    let probe_file = db.add_file(9, "files/probe").await;
+    let cached = db.add_file(7, "files/report.odt").await;
+    let uncached = db.add_file(8, "files/notes.md").await;
+    let proxy = TcpProxy::start(db.server_addr().expect("server address"), true).await;
+    let url = db.url_via(proxy.addr).expect("database URL");
+    let mut stack = require!(
+        Stack::start(Mode::Foreground, |b| b.vhost_line(format!("NextcloudPushDatabase {url}")))
+            .await
+    );
+    for i in 0..USERS {
+        let (name, password) = user(i);
+        stack.nextcloud.add_user(&name, &password, &name);
+    }
+    let mut clients = log_in_all(&stack.ws_url()).await;
+    let change = |storage: u32, path: &str, id: u64| {
+        format!(r#"{{"storage":{storage},"path":"{path}","file_id":{id}}}"#)
+    };
+    let on_cached = change(7, "files/report.odt", cached);
+    let on_uncached = change(8, "files/notes.md", uncached);
+    let probe = change(9, "files/probe", probe_file);
+    let count = |answers: Vec<Result<String, String>>| {
+        answers.iter().filter(|a| a.as_deref() == Ok("notify_file")).count()
+    };
+    stack.publish("notify_storage_update", &on_cached).await;
+    assert_eq!(count(next_texts(&mut clients).await), SESSIONS, "baseline");
+
+    proxy.set_up(false);
+    let down = Instant::now();
+    stack.publish("notify_storage_update", &on_cached).await;
+    let from_cache = count(next_texts(&mut clients).await);
+    assert_eq!(from_cache, SESSIONS, "a mapped storage while the database is down");
+    stack.publish("notify_storage_update", &on_uncached).await;
+    stack.apache.await_error_log("NCP1101", PHASE).await;
+    proxy.set_up(true);
+    let back = Instant::now();
+    // Storages are mapped again: probe (storage 9, the first user only) until a change
+    // reaches that user's first session (bounded).
+    let mut recovered = None;
+    for _ in 0..200 {
+        stack.publish("notify_storage_update", &probe).await;
+        if clients[0].next_text(Duration::from_millis(100)).await.as_deref() == Ok("notify_file") {
+            recovered = Some(back.elapsed());
+            break;
+        }
+    }
+    let recovered = recovered.expect("the storage was never mapped again");
+    // The probes that reached the first user's other sessions, drained at once.
+    let firsts = clients.iter_mut().step_by(USERS);
+    futures_util::future::join_all(
+        firsts
+            .map(|c| async move { while c.next_text(Duration::from_millis(300)).await.is_ok() {} }),
+    )
+    .await;
+    // The storage whose change was lost during the outage: every session gets the next one.
+    stack.publish("notify_storage_update", &on_uncached).await;
+    let received = count(next_texts(&mut clients).await);
+    assert_eq!(received, SESSIONS, "sessions that got the change after the outage");
+    figure(format!(
+        "FIGURES faults: database down {:?} under {SESSIONS} sessions: 0 sessions lost; a mapped storage's change reached {from_cache} of {SESSIONS} from the cache; the unmapped storage's lookup failed (NCP1101); mapped again {recovered:?} after the database came back, then {received} of {SESSIONS} received the next",
+        back - down
+    ));
+    for client in clients {
+        client.close().await;
+    }
+    stack.apache.allow("NCP1101");
     stack.finish();
 }
