@@ -139,7 +139,10 @@ async fn debounce_off_sends_immediately() {
 
 /// D(File/Activity) = max(1, min(active / 10, 15)) × f seconds, f drawn per connection from
 /// [0.5, 1.5) (spec §1.6). With 30 connections D is 3 s × f: every connection's second activity
-/// waits 1.5–4.5 s (the scaling), and the connections wait different times (the jitter).
+/// waits 1.5–4.5 s (the scaling), and the connections wait different times (the jitter). Each
+/// connection is its own user, and its second activity is published the moment its first
+/// arrives, so the gap is that connection's D (a first delayed by an earlier send cannot hide
+/// another connection's D).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debounce_time_scales_with_connections_and_is_jittered_per_connection() {
     common::time_limit(async {
@@ -147,20 +150,26 @@ async fn debounce_time_scales_with_connections_and_is_jittered_per_connection() 
         let Some(h) = debounced_with(|c| c.timing.tick = Duration::from_millis(10)).await else {
             return;
         };
+        let name = |i: usize| format!("jitter{i}");
         let mut clients = Vec::new();
-        for _ in 0..CONNECTIONS {
-            clients.push(h.login("foo", "bar").await);
+        for i in 0..CONNECTIONS {
+            h.nextcloud.add_user(&name(i), "pw", &name(i));
+            clients.push(h.login(&name(i), "pw").await);
         }
         h.wait_connections(CONNECTIONS as u64).await;
         let (first_tx, mut first_rx) = tokio::sync::mpsc::channel(CONNECTIONS);
         let readers: Vec<_> = clients
             .into_iter()
-            .map(|mut client| {
+            .enumerate()
+            .map(|(i, mut client)| {
                 let first_tx = first_tx.clone();
                 tokio::spawn(async move {
-                    assert_eq!(client.next_text(FRAME).await, Ok("notify_activity".into()));
+                    assert_eq!(
+                        client.next_text(Duration::from_secs(8)).await,
+                        Ok("notify_activity".into())
+                    );
                     let first = Instant::now();
-                    first_tx.send(()).await.unwrap();
+                    first_tx.send(i).await.unwrap();
                     // D < 4.5 s
                     let second = client.next_text(Duration::from_secs(8)).await;
                     assert_eq!(second, Ok("notify_activity".into()));
@@ -168,12 +177,15 @@ async fn debounce_time_scales_with_connections_and_is_jittered_per_connection() 
                 })
             })
             .collect();
-        h.redis.publish("notify_activity", r#"{"user":"foo"}"#);
-        for _ in 0..CONNECTIONS {
-            first_rx.recv().await.expect("a reader failed");
+        let activity = |i: usize| format!(r#"{{"user":"{}"}}"#, name(i));
+        for i in 0..CONNECTIONS {
+            h.redis.publish("notify_activity", &activity(i));
         }
-        // every connection just sent: the second activity waits for its debounce time
-        h.redis.publish("notify_activity", r#"{"user":"foo"}"#);
+        // Each connection just sent: its second activity waits for its own debounce time.
+        for _ in 0..CONNECTIONS {
+            let i = first_rx.recv().await.expect("a reader failed");
+            h.redis.publish("notify_activity", &activity(i));
+        }
         let mut gaps = Vec::new();
         for reader in readers {
             gaps.push(reader.await.expect("reader"));
@@ -181,10 +193,10 @@ async fn debounce_time_scales_with_connections_and_is_jittered_per_connection() 
         gaps.sort();
         let (shortest, longest) = (gaps[0], gaps[CONNECTIONS - 1]);
         assert!(
-        shortest >= Duration::from_millis(1400) && longest < Duration::from_millis(4800),
-        "with {CONNECTIONS} connections D is 3 s × [0.5, 1.5): the debounce time does not scale \
-         with the connection count; gaps {gaps:?}"
-    );
+            shortest >= Duration::from_millis(1400) && longest < Duration::from_millis(4800),
+            "with {CONNECTIONS} connections D is 3 s × [0.5, 1.5): the debounce time does not \
+             scale with the connection count; gaps {gaps:?}"
+        );
         assert!(
             longest - shortest >= Duration::from_millis(1000),
             "D is the same for every connection: no per-connection jitter; gaps {gaps:?}"
