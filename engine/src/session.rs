@@ -310,8 +310,13 @@ async fn fail<S>(mut ws: Ws<S>, text: String, frame: CloseFrame)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if ws.send(Message::text(text)).await.is_ok() {
-        refuse(ws, frame).await;
+    match ws.send(Message::text(text)).await {
+        Ok(()) => refuse(ws, frame).await,
+        // A Close frame from the client ended the login: nothing may follow it but the reply
+        // tungstenite queued (RFC 6455 §5.5.1), which only a flush sends.
+        Err(_) => {
+            let _ = tokio::time::timeout(LINGER, ws.flush()).await;
+        }
     }
 }
 

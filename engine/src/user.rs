@@ -1,5 +1,6 @@
 //! User ids in logs: the uid itself only when the log level is info or more verbose, a hash
-//! otherwise (as the incumbent).
+//! otherwise (as the incumbent). A uid comes from outside (any Redis publisher names one), so it
+//! is clipped like every other outside text ([`crate::text::clip`]).
 
 use std::fmt;
 
@@ -8,7 +9,11 @@ pub(crate) struct LogUser<'a>(pub &'a str);
 impl fmt::Display for LogUser<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if log::max_level() >= log::LevelFilter::Info {
-            f.write_str(self.0)
+            if self.0.len() <= crate::text::MAX_ECHO {
+                f.write_str(self.0)
+            } else {
+                f.write_str(&crate::text::clip(self.0))
+            }
         } else {
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for byte in self.0.bytes() {
@@ -32,6 +37,10 @@ mod tests {
         assert_eq!(hidden, LogUser("alice").to_string(), "stable hash");
         log::set_max_level(log::LevelFilter::Info);
         assert_eq!(LogUser("alice").to_string(), "alice");
+        // a uid from a Redis publisher may be any size: clipped, its size noted
+        let long = LogUser(&"u".repeat(1 << 20)).to_string();
+        assert!(long.ends_with("… (1048576 bytes)"), "{}", &long[long.len() - 40..]);
+        assert!(long.len() <= crate::text::MAX_ECHO + 20, "{} bytes", long.len());
         log::set_max_level(log::LevelFilter::Off);
     }
 }

@@ -152,6 +152,27 @@ async fn client_close_is_echoed() {
     .await;
 }
 
+/// RFC 6455 §5.5.1 before login too: a Close frame instead of a credential is answered with a
+/// Close frame (no `err: …` text may follow a Close), then the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_before_login_is_echoed() {
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        for (sent, echo) in [
+            (&b"\x03\xe8bye"[..], &b"\x03\xe8bye"[..]),
+            (b"\x03\xed", b"\x03\xeaProtocol violation"),
+        ] {
+            let mut raw = RawWs::connect(&h.addr.to_string(), "/ws", &[], &[]).await;
+            raw.send_frame(opcode::CLOSE, sent).await;
+            let frame = raw.read_frame(FRAME).await.expect("close echo");
+            assert_eq!((frame.opcode, frame.payload.as_slice()), (opcode::CLOSE, echo));
+            assert!(matches!(raw.read_frame(FRAME).await, Err(WsEnd::Dropped(_))));
+        }
+        h.wait_connections(0).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connection_time_sends_an_empty_close_frame() {
     common::time_limit(async {

@@ -173,6 +173,11 @@ impl RedisServer {
 
     /// `PUBLISH channel payload`; returns the number of subscribers that received it.
     pub fn publish(&self, channel: &str, payload: &str) -> i64 {
+        self.publish_bytes(channel, payload.as_bytes())
+    }
+
+    /// [`RedisServer::publish`] of any bytes (payloads that are not UTF-8).
+    pub fn publish_bytes(&self, channel: &str, payload: &[u8]) -> i64 {
         ::redis::cmd("PUBLISH")
             .arg(channel)
             .arg(payload)
