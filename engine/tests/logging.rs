@@ -55,6 +55,11 @@ async fn one_line_per_outage_and_per_bad_message() {
         assert!(lines_with("NCP1001").is_empty(), "{:?}", lines_with("NCP1001"));
 
         h.publish("notify_activity", "{broken").await;
+        // The event is counted as received before its line is written: await the line.
+        assert!(
+            testkit::wait_until(FRAME, || async { !lines_with("NCP1003").is_empty() }).await,
+            "no line for the bad message"
+        );
         let bad = lines_with("NCP1003");
         assert_eq!(bad.len(), 1);
         assert!(bad[0].contains("notify_activity"), "{}", bad[0]);
