@@ -338,7 +338,15 @@ fn read_config_php(path: &Path, overrides: &Overrides) -> Result<FromPhp, Config
     // config.php and its `*.config.php` companions as Nextcloud reads them: evaluated by the PHP
     // CLI and printed as one literal (crate::php_config); without PHP, read literally.
     let files = crate::php_config::config_files(path);
-    let evaluated = crate::php_config::evaluate(path);
+    // PHP only where the literal parser could read something else than Nextcloud: companions
+    // (possibly PHP code) or NC_ variables. A lone config.php (what Nextcloud writes) is read
+    // literally, with no process started while Apache (re)reads its configuration.
+    let nc_env = std::env::vars_os().any(|(name, _)| name.to_string_lossy().starts_with("NC_"));
+    let evaluated = if files.len() > 1 || nc_env {
+        crate::php_config::evaluate(path)
+    } else {
+        crate::php_config::Evaluated::NoPhp
+    };
     let rendered = match &evaluated {
         crate::php_config::Evaluated::Literal(text) => {
             Some(Rendered::write(text).map_err(|e| ConfigError::Read {
