@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Client, Stack};
+use common::{figure, Client, Stack};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::apache::Mode;
@@ -25,11 +25,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn user(i: usize) -> (String, String) {
     (format!("fault{i:03}"), format!("password-{i:03}"))
-}
-
-fn figure(line: String) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Logs in `SESSIONS` clients (client `n` is user `n % USERS`), at most `CONCURRENCY` at once.

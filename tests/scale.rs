@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::percentile;
-use common::{Client, Stack};
+use common::{figure, Client, Stack};
 use testkit::apache::{self, Mode, Mpm};
 use testkit::require;
 
@@ -23,12 +23,6 @@ const CONCURRENCY: usize = 100;
 const SEQUENTIAL: usize = 50;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Writes a FIGURES line straight to stderr, so it shows even when cargo test captures output.
-fn figure(line: String) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
 
 fn user(i: usize) -> (String, String) {
     (format!("user{i:03}"), format!("password-{i:03}"))

@@ -340,9 +340,8 @@ unsafe fn send_log_descriptors(ret: &Retained, s: *mut ffi::server_rec, logs: &[
     let notice = unsafe { std::os::fd::BorrowedFd::borrow_raw(notice) };
     // httpd makes the main ErrorLog the parent's stderr (a piped logger's pipe stays the same
     // across restarts; syslog has no descriptor).
-    // SAFETY: live main server; error_fname is NULL or a pool string.
-    let syslog = unsafe { pool::cstr((*s).error_fname) }.is_some_and(|n| n.starts_with("syslog"));
-    let main = (!syslog).then_some(libc::STDERR_FILENO);
+    // SAFETY: live main server.
+    let main = (!unsafe { super::log::logs_to_syslog(s) }).then_some(libc::STDERR_FILENO);
     let slots = std::iter::once((0u16, main)).chain(logs.iter().enumerate().map(|(i, l)| {
         let fd = match l.sink {
             Sink::Fd(fd) => Some(fd),

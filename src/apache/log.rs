@@ -323,6 +323,16 @@ fn daemon_line(level: &str, msg: &str, sink: Sink) {
     }
 }
 
+/// `ErrorLog syslog[:facility]` on this server.
+///
+/// # Safety
+/// `s` must be NULL or a live server_rec.
+pub unsafe fn logs_to_syslog(s: *const ffi::server_rec) -> bool {
+    // SAFETY: per contract; error_fname is NULL or a pool string.
+    unsafe { s.as_ref().and_then(|s| super::pool::cstr(s.error_fname)) }
+        .is_some_and(|name| name.starts_with("syslog"))
+}
+
 /// Where the daemon sends the records of an instance served by vhost `srv` (see [`Sink`]),
 /// and a description of it for the daemon's fingerprint.
 ///
@@ -335,9 +345,8 @@ pub unsafe fn vhost_sink(
     // SAFETY: per contract; error_fname is NULL or a pool string, error_log NULL or a live file.
     unsafe {
         let name = super::pool::cstr((*srv).error_fname).unwrap_or("");
-        let main_name = super::pool::cstr((*main).error_fname).unwrap_or("");
-        if name.starts_with("syslog") {
-            let sink = if main_name.starts_with("syslog") { Sink::Main } else { Sink::Syslog };
+        if logs_to_syslog(srv) {
+            let sink = if logs_to_syslog(main) { Sink::Main } else { Sink::Syslog };
             return (sink, name.to_owned());
         }
         match (error_log_fd(srv), error_log_fd(main)) {

@@ -240,7 +240,7 @@ unsafe fn child_main(
     parent: libc::pid_t,
 ) -> i32 {
     // SAFETY: the parent's live main server (copied into this process).
-    let syslog = unsafe { logs_to_syslog(spec.server) };
+    let syslog = unsafe { aplog::logs_to_syslog(spec.server) };
     aplog::enter_daemon_mode(spec.level, syslog, spec.instance_logs);
 
     // 1. Listeners: Apache must be able to rebind its ports after a stop.
@@ -327,16 +327,6 @@ unsafe fn child_main(
         stop_notice: Some(notice),
         reopen_log: aplog::replace_descriptor,
     })
-}
-
-/// `ErrorLog syslog[:facility]` on the main server.
-///
-/// # Safety
-/// `s` must be NULL or a live server_rec.
-unsafe fn logs_to_syslog(s: *mut ffi::server_rec) -> bool {
-    // SAFETY: per contract; error_fname is NULL or a pool string.
-    unsafe { s.as_ref().and_then(|s| super::pool::cstr(s.error_fname)) }
-        .is_some_and(|name| name.starts_with("syslog"))
 }
 
 fn close_all_except(keep: &mut Vec<RawFd>) {

@@ -117,6 +117,12 @@ pub fn server_label(apache: &Apache) -> String {
 }
 
 /// The Nextcloud double with alice and bob.
+/// Writes a FIGURES line straight to stderr, so it shows even when cargo test captures output.
+pub fn figure(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn start_nextcloud() -> NextcloudDouble {
     NextcloudDouble::start(&[(ALICE.0, ALICE.1, ALICE.0), (BOB.0, BOB.1, BOB.0)])
 }
