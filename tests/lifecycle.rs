@@ -149,8 +149,13 @@ async fn graceful_keeps_200_sessions_under_prefork() {
 async fn hard_restart(mpm: Mpm) -> Result<(), testkit::Skip> {
     let ca = TestCa::generate()?;
     let tls_port = testkit::free_port();
-    let mut stack =
-        stack(mpm, |b| ca.tls_vhost(b, tls_port, &["NextcloudPushTlsHandoff Off"])).await?;
+    let mut stack = stack(mpm, |b| {
+        // A companion config file, as in Nextcloud's Docker image: the PHP CLI evaluates the
+        // configuration at every (re)start, which makes the restart take longer.
+        ca.tls_vhost(b, tls_port, &["NextcloudPushTlsHandoff Off"])
+            .extra_file("nextcloud/config/zz.config.php", "<?php\n$CONFIG = ['loglevel' => 2];\n")
+    })
+    .await?;
     let daemon = stack.apache.daemon_pid().expect("daemon");
     let mut clients = crowd(&stack.ws_url(), 8).await;
     let wss_url = testkit::tls::wss_url(tls_port);
@@ -781,5 +786,170 @@ async fn out_of_descriptors(mpm: Mpm) -> Result<(), testkit::Skip> {
 async fn running_out_of_descriptors_answers_503() {
     for mpm in Mpm::ALL {
         require!(out_of_descriptors(mpm).await);
+    }
+}
+
+/// Prefork ends a child on SIGHUP/SIGTERM from inside the signal handler (`just_die`: the
+/// child pool's cleanups, then exit). Hard restarts with many bridged wss sessions, whose
+/// bridges are ending (the daemon closed them after the stop notice) just as the signal lands:
+/// every child exits at once, none is left for the parent to SIGTERM again and SIGKILL.
+async fn hard_restarts_leave_no_stuck_child(mpm: Mpm) -> Result<(), testkit::Skip> {
+    let ca = TestCa::generate()?;
+    let tls_port = testkit::free_port();
+    let mut stack = stack(mpm, |b| {
+        ca.tls_vhost(b, tls_port, &["NextcloudPushTlsHandoff Off"])
+            .server_line("StartServers 20")
+            .server_line("MinSpareServers 20")
+            .server_line("MaxSpareServers 40")
+    })
+    .await?;
+    let wss_url = testkit::tls::wss_url(tls_port);
+    for round in 0..6 {
+        let mut bridged = join_all((0..16).map(|i| wss_login(&ca, &wss_url, USERS[i % 4]))).await;
+        stack.apache.await_error_log("NCP0022", T).await;
+        let started = Instant::now();
+        stack.apache.ctl_restart("restart").await;
+        for c in bridged.iter_mut() {
+            let (_, ending) = c.expect_end(T).await;
+            assert_eq!(ending, Ending::CloseFrame(Some((1001, String::new()))), "round {round}");
+        }
+        let log = stack.apache.error_log();
+        assert!(
+            !log.contains("still did not exit"),
+            "{}: round {round}: a child did not exit at the hard restart ({:?})\n{}",
+            mpm.name(),
+            started.elapsed(),
+            log.lines().filter(|l| l.contains("AH0004")).collect::<Vec<_>>().join("\n")
+        );
+    }
+    stack.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_restarts_with_ending_bridges_leave_no_stuck_child() {
+    require!(hard_restarts_leave_no_stuck_child(Mpm::Prefork).await);
+}
+
+/// SIGTERM straight to prefork children whose bridges are busy relaying a flood of events
+/// (the signal lands anywhere in the relay: reading the daemon, writing through mod_ssl,
+/// allocating; not only in poll(2)): each child exits at once.
+async fn children_busy_relaying_exit_on_sigterm(mpm: Mpm) -> Result<(), testkit::Skip> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ca = TestCa::generate()?;
+    let tls_port = testkit::free_port();
+    let mut stack = stack(mpm, |b| {
+        ca.tls_vhost(b, tls_port, &["NextcloudPushTlsHandoff Off", "NextcloudPushDebounce Off"])
+            .server_line("StartServers 12")
+            .server_line("MinSpareServers 12")
+            .server_line("MaxSpareServers 40")
+    })
+    .await?;
+    let wss_url = testkit::tls::wss_url(tls_port);
+    let daemon = stack.apache.daemon_pid().expect("daemon");
+    let parent = stack.apache.pid();
+    let body = "x".repeat(30_000);
+    let mut stuck = Vec::new();
+    for round in 0..4 {
+        let mut bridged = join_all((0..8).map(|_| wss_login(&ca, &wss_url, "u0"))).await;
+        let readers: Vec<_> = bridged
+            .drain(..)
+            .map(|mut c| tokio::spawn(async move { c.expect_end(Duration::from_secs(30)).await }))
+            .collect();
+        // The flood goes on while the children are signalled.
+        let published = AtomicUsize::new(0);
+        let flood = async {
+            for i in 0..300 {
+                let event = format!(r#"{{"user":"u0","message":"m{i}","body":"{body}"}}"#);
+                stack.publish("notify_custom", &event).await;
+                published.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let kill = async {
+            while published.load(Ordering::SeqCst) < 30 {
+                tokio::task::yield_now().await;
+            }
+            // Only the children holding a client connection (SIGTERM to a prefork child
+            // waiting for the accept mutex makes the whole server exit, AH00144).
+            let connections = established_sockets(tls_port);
+            let children: Vec<u32> = apache::processes()
+                .iter()
+                .filter(|p| p.ppid == parent && p.pid != daemon && p.comm != "nextcloud-push")
+                .filter(|p| holds_any(p.pid, &connections))
+                .map(|p| p.pid)
+                .collect();
+            for pid in &children {
+                let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+            children
+        };
+        let ((), children) = tokio::join!(flood, kill);
+        assert!(!children.is_empty(), "round {round}: no child holds a wss connection");
+        let alive = |pid: &u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.is_empty() && !stat.contains(") Z ")
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while children.iter().any(alive) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stuck.extend(children.iter().filter(|p| alive(p)).map(|p| (round, *p)));
+        for r in readers {
+            let _ = r.await;
+        }
+    }
+    let mut stacks = String::new();
+    for (_, pid) in &stuck {
+        stacks.push_str(&backtrace(*pid));
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    assert!(
+        stuck.is_empty(),
+        "{}: children alive 5 s after SIGTERM: {stuck:?}\n{stacks}",
+        mpm.name()
+    );
+    stack.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefork_children_busy_relaying_exit_on_sigterm() {
+    require!(children_busy_relaying_exit_on_sigterm(Mpm::Prefork).await);
+}
+
+/// Socket inodes of established TCP connections whose local port is `port` (/proc/net/tcp*).
+fn established_sockets(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1).and_then(|a| a.rsplit(':').next());
+            if local_port == Some(&format!("{port:04X}")) && f.get(3) == Some(&"01") {
+                out.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` has one of `sockets` (as `socket:[inode]`) among its descriptors.
+fn holds_any(pid: u32, sockets: &[String]) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    dir.flatten().any(|e| {
+        std::fs::read_link(e.path())
+            .is_ok_and(|l| sockets.iter().any(|s| l.to_string_lossy() == s.as_str()))
+    })
+}
+
+/// The stack of every thread of `pid` (gdb, when installed), for a failure message.
+fn backtrace(pid: u32) -> String {
+    let out = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => format!("--- pid {pid} ---\n{}", String::from_utf8_lossy(&o.stdout)),
+        Err(e) => format!("--- pid {pid}: no backtrace (gdb: {e}) ---\n"),
     }
 }
