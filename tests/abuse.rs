@@ -119,6 +119,8 @@ fn upgrade_with(port: u16, request_line: &str, extra: &str) -> String {
 enum Refused {
     Exactly(u16),
     ClientError,
+    /// An HTTP/0.9 answer (no status line, no headers): exactly this text.
+    Unversioned(&'static str),
 }
 
 async fn malformed_upgrades(b: &mut Battery) {
@@ -154,6 +156,12 @@ async fn malformed_upgrades(b: &mut Battery) {
             "HTTP/1.0",
             upgrade_with(port, "GET /push/ws HTTP/1.0", "").into_bytes(),
             Refused::Exactly(400),
+        ),
+        // HTTP/0.9 has no headers, and its answer no status line: the 400's text alone.
+        (
+            "HTTP/0.9",
+            b"GET /push/ws\r\n".to_vec(),
+            Refused::Unversioned("WebSocket upgrades need HTTP/1.1"),
         ),
         (
             "POST",
@@ -196,6 +204,7 @@ async fn malformed_upgrades(b: &mut Battery) {
         let ok = match expected {
             Refused::Exactly(code) => status == Some(code),
             Refused::ClientError => matches!(status, Some(400..=499)),
+            Refused::Unversioned(text) => status.is_none() && head.trim_end() == text,
         };
         assert!(ok, "{case}: expected {expected:?}, got {status:?}:\n{head}");
         b.survives(case).await;
@@ -645,6 +654,50 @@ async fn slow_and_silent_clients_time_out_and_pre_auth_tokens_expire() {
         // Sessions of before are still served.
         b.stack.roundtrip(&mut alice, ALICE.0, "alice_after_the_timeouts").await;
         b.stack.roundtrip(&mut fresh, "abuse-fresh-user", "token_session_after_the_timeouts").await;
+        b.finish();
+    })
+    .await;
+}
+
+/// Without mod_reqtimeout, Apache's `Timeout` alone ends a request head that stalls: each of
+/// 10 half heads ends after `Timeout 2` (never a 101) while a login stays fast, and the daemon
+/// never sees them. (A head trickled byte by byte resets `Timeout` at every byte: only
+/// mod_reqtimeout, which Debian enables, bounds that; see the case above.)
+#[tokio::test]
+async fn stalled_request_heads_end_at_timeout_without_mod_reqtimeout() {
+    time_limit(async {
+        let mut b = require!(Battery::start(|b| b.server_line("Timeout 2")).await);
+        let addr = b.addr();
+        let head = upgrade_request(b.stack.apache.port(), "").into_bytes();
+        let stalled = future::join_all((0..10).map(|_| {
+            let half = head[..head.len() / 2].to_vec();
+            async move {
+                let started = Instant::now();
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                stream.write_all(&half).await.expect("write");
+                let mut answer = Vec::new();
+                let read = tokio::time::timeout(T, stream.read_to_end(&mut answer)).await;
+                assert!(matches!(read, Ok(Ok(_))), "a stalled head still open after {T:?}");
+                (started.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+            }
+        }));
+        let login = async {
+            let started = Instant::now();
+            let alice = b.stack.login(ALICE).await;
+            let took = started.elapsed();
+            alice.close().await;
+            took
+        };
+        let (ended, login) = tokio::join!(stalled, login);
+        assert!(login < FAST_LOGIN, "a login took {login:?} next to 10 stalled heads");
+        for (i, (took, answer)) in ended.into_iter().enumerate() {
+            assert!(
+                took >= Duration::from_millis(1500) && took <= Duration::from_secs(5),
+                "stalled head {i} ended after {took:?} (Timeout 2)"
+            );
+            assert!(matches!(status_of(&answer), None | Some(408)), "stalled head {i}: {answer:?}");
+        }
+        b.survives("stalled heads without mod_reqtimeout").await;
         b.finish();
     })
     .await;
