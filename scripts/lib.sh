@@ -8,8 +8,9 @@
 NCP_APT_PACKAGES=(apache2 apache2-dev libclang-dev libssl-dev redis-server curl openssl)
 # Only for the tests: a real browser (headless) opening wss:// (tests/tls_clients.rs), and
 # lintian, which tests/package.rs runs (through scripts/package) on the Debian package it builds,
-# and the PHP CLI that evaluates PHP-coded config files (tests/config.rs, engine/tests/php_config.rs).
-NCP_TEST_APT_PACKAGES=(chromium lintian php-cli)
+# the PHP CLI that evaluates PHP-coded config files (tests/config.rs, engine/tests/php_config.rs),
+# and gdb, whose stack of an Apache child that does not exit at a stop goes into the test's report.
+NCP_TEST_APT_PACKAGES=(chromium lintian php-cli gdb)
 # Only for scripts/package: dpkg-dev (dpkg-shlibdeps, which cargo-deb runs to compute the
 # libraries' dependencies) and lintian (Debian's package checker, run on every package built).
 NCP_PACKAGE_APT_PACKAGES=(dpkg-dev lintian)

@@ -900,7 +900,7 @@ async fn children_busy_relaying_exit_on_sigterm(mpm: Mpm) -> Result<(), testkit:
     }
     let mut stacks = String::new();
     for (_, pid) in &stuck {
-        stacks.push_str(&backtrace(*pid));
+        stacks.push_str(&format!("--- pid {pid} ---\n{}", apache::backtrace(*pid)));
         let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     }
     assert!(
@@ -940,16 +940,4 @@ fn holds_any(pid: u32, sockets: &[String]) -> bool {
         std::fs::read_link(e.path())
             .is_ok_and(|l| sockets.iter().any(|s| l.to_string_lossy() == s.as_str()))
     })
-}
-
-/// The stack of every thread of `pid` (gdb, when installed), for a failure message.
-fn backtrace(pid: u32) -> String {
-    let out = Command::new("gdb")
-        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) => format!("--- pid {pid} ---\n{}", String::from_utf8_lossy(&o.stdout)),
-        Err(e) => format!("--- pid {pid}: no backtrace (gdb: {e}) ---\n"),
-    }
 }

@@ -729,6 +729,8 @@ pub struct Apache {
     checked: bool,
     /// Set by [`Apache::ctl`] with `stop`/`graceful-stop`: the parent's exit is the test's doing.
     exit_expected: bool,
+    /// Takes the stack of a child the parent reports stuck (see [`StuckChildWatch`]).
+    stuck_watch: Option<StuckChildWatch>,
 }
 
 impl Apache {
@@ -784,7 +786,9 @@ impl Apache {
             problems: Vec::new(),
             checked: false,
             exit_expected: false,
+            stuck_watch: None,
         };
+        apache.stuck_watch = Some(StuckChildWatch::start(apache.root.path()));
         match apache.await_ready(b).await {
             Ok(()) => Ok(apache),
             Err(why) => {
@@ -1059,6 +1063,7 @@ impl Apache {
         if self.child.is_none() {
             return;
         }
+        let _stop_watching_after = StopOnDrop(self.stuck_watch.take());
         if let Some(status) = self.try_exit() {
             if !self.exit_expected || !status.success() {
                 self.problems
@@ -1141,12 +1146,13 @@ impl Apache {
 
     fn report(&self) -> String {
         format!(
-            "--- apache2 {} ({} MPM), server root {} ---\n--- error log ---\n{}--- stderr ---\n{}",
+            "--- apache2 {} ({} MPM), server root {} ---\n--- error log ---\n{}--- stderr ---\n{}{}",
             self.mode.args().join(" "),
             self.mpm.name(),
             self.root.path().display(),
             tail(&self.error_log(), 300),
-            tail(&self.stderr_log(), 50)
+            tail(&self.stderr_log(), 50),
+            StuckChildWatch::stacks(self.root.path()),
         )
     }
 }
@@ -1318,5 +1324,108 @@ pub fn describe(status: &ExitStatus) -> String {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(sig)) => format!("signal {sig}"),
         _ => format!("{status}"),
+    }
+}
+
+/// Watches the error log for a child the parent had to signal again at a stop or hard restart
+/// (`AH00045: child process N still did not exit, sending a SIGTERM`, 3 s before its SIGKILL)
+/// and saves that child's stack (gdb, when installed) to `logs/stuck-N.txt`, which the report
+/// of a failing test prints: such a child is rare, and gone once killed.
+struct StuckChildWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StuckChildWatch {
+    const NEEDLE: &'static str = "still did not exit";
+
+    fn start(root: &Path) -> StuckChildWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let root = root.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let log = root.join("logs/error.log");
+            let mut offset = 0u64;
+            let mut partial = String::new();
+            let mut done = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok(mut f) = fs::File::open(&log) {
+                    use std::io::Seek;
+                    let mut chunk = String::new();
+                    if f.seek(std::io::SeekFrom::Start(offset)).is_ok()
+                        && f.read_to_string(&mut chunk).is_ok()
+                    {
+                        offset += chunk.len() as u64;
+                        partial.push_str(&chunk);
+                        let complete = partial.rfind('\n').map_or(0, |i| i + 1);
+                        for line in partial[..complete].lines().filter(|l| l.contains(Self::NEEDLE))
+                        {
+                            let pid = line
+                                .split("child process ")
+                                .nth(1)
+                                .and_then(|r| r.split_whitespace().next())
+                                .and_then(|p| p.parse::<u32>().ok());
+                            if let Some(pid) = pid.filter(|p| !done.contains(p)) {
+                                done.push(pid);
+                                let _ = fs::write(
+                                    root.join(format!("logs/stuck-{pid}.txt")),
+                                    backtrace(pid),
+                                );
+                            }
+                        }
+                        partial.drain(..complete);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        StuckChildWatch { stop, thread: Some(thread) }
+    }
+
+    /// The saved stacks, for a report (empty when no child was stuck).
+    fn stacks(root: &Path) -> String {
+        let mut out = String::new();
+        let Ok(dir) = fs::read_dir(root.join("logs")) else { return out };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("stuck-") {
+                let text = fs::read_to_string(entry.path()).unwrap_or_default();
+                let _ =
+                    write!(out, "--- {name} (a child the parent had to signal again) ---\n{text}");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for StuckChildWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Drops the watch when `stop` returns (after the parent's exit, so a stop's stuck child is
+/// seen too).
+struct StopOnDrop(Option<StuckChildWatch>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+/// The stack of every thread of process `pid`, from gdb (or why there is none), for a report.
+pub fn backtrace(pid: u32) -> String {
+    let out = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("no stack: gdb: {e}\n"),
     }
 }
