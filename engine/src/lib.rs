@@ -303,16 +303,16 @@ impl Engine {
         }
     }
 
-    /// Closes the idle keep-alive connections to Nextcloud now; later calls to Nextcloud fail
-    /// (no session logs in once the engine stops). [`Engine::shutdown`] starts with this; the
-    /// daemon calls it first when Apache stops, so the connections end while Apache's children
-    /// still run normally.
     /// Redis and the database: up or down, since when, the last error (for `server-status`).
     pub fn health(&self) -> health::Health {
         let database = self.storage_mapping.read().ok().and_then(|m| m.link());
         health::Health { redis: self.redis_link.state(), database }
     }
 
+    /// Closes the idle keep-alive connections to Nextcloud now; later calls to Nextcloud fail
+    /// (no session logs in once the engine stops). [`Engine::shutdown`] starts with this; the
+    /// daemon calls it first when Apache stops, so the connections end while Apache's children
+    /// still run normally.
     pub fn close_nextcloud_connections(&self) {
         self.nextcloud.close();
     }

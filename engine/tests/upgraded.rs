@@ -92,15 +92,21 @@ async fn serve_one_upgrade(
     engine: std::sync::Arc<Engine>,
     ping_interval: Option<Duration>,
 ) -> std::net::SocketAddr {
+    serve_one_handoff(engine, Handoff { ping_interval, ..Default::default() }).await
+}
+
+/// Plays Apache for one connection: reads the head, answers 101, hands the stream over as
+/// `handoff` says (its early data is what followed the head).
+async fn serve_one_handoff(
+    engine: std::sync::Arc<Engine>,
+    handoff: Handoff,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let (stream, early_data) = answer_upgrade(stream).await;
-        engine.accept_upgraded(
-            stream,
-            Handoff { early_data, forwarded_for: vec![], ping_interval, bridged: false },
-        );
+        engine.accept_upgraded(stream, Handoff { early_data, ..handoff });
     });
     addr
 }
@@ -177,6 +183,58 @@ async fn a_handoff_can_shorten_the_ping_interval_of_its_session_only() {
             );
         }
         engine.shutdown().await;
+    })
+    .await;
+}
+
+/// A hard restart of Apache: `close_bridged` sends Close 1001 to the bridged sessions only and
+/// returns once they have ended (their workers are stopped next); the other sessions go on.
+/// Apache's stop: `shutdown` closes the rest and returns once no session is left. The engine's
+/// health says Redis is up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_bridged_ends_only_bridged_sessions_and_shutdown_waits_for_the_rest() {
+    use nextcloud_push_engine::{PushMessage, UpdatedFiles};
+    use testkit::ws::WsEnd;
+    common::time_limit(async {
+        let redis = require!(RedisServer::start());
+        let nextcloud = NextcloudDouble::start(USERS);
+        let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+        let engine = Engine::new(config).unwrap();
+        engine.start();
+        assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+        assert!(engine.health().redis.up, "subscribed, yet the health says Redis is down");
+
+        let mut sessions = Vec::new();
+        for bridged in [true, false, true] {
+            let addr =
+                serve_one_handoff(engine.clone(), Handoff { bridged, ..Default::default() }).await;
+            let mut raw = RawWs::connect(&addr.to_string(), "/push/ws", &[], &["foo", "bar"]).await;
+            assert_eq!(raw.next_text(FRAME).await, Ok("authenticated".into()));
+            sessions.push((bridged, raw));
+        }
+        assert_eq!(engine.metrics().active_connection_count, 3);
+
+        // Both bridged clients read (and answer the Close) while close_bridged runs.
+        let (mut bridged, mut plain): (Vec<_>, Vec<_>) = sessions.into_iter().partition(|s| s.0);
+        let (_, ends) = tokio::join!(
+            engine.close_bridged(),
+            futures_util::future::join_all(bridged.iter_mut().map(|(_, raw)| raw.next_text(FRAME)))
+        );
+        for end in ends {
+            assert_eq!(end, Err(WsEnd::Closed(Some((1001, String::new())))));
+        }
+        assert_eq!(
+            engine.metrics().active_connection_count,
+            1,
+            "close_bridged returned before the bridged sessions ended, or ended the other one"
+        );
+        let (_, plain) = &mut plain[0];
+        engine.send_to_user("foo", PushMessage::File(UpdatedFiles::Known(vec![3])));
+        assert_eq!(plain.next_text(FRAME).await, Ok("notify_file".into()));
+
+        let (_, end) = tokio::join!(engine.shutdown(), plain.next_text(FRAME));
+        assert_eq!(end, Err(WsEnd::Closed(Some((1001, String::new())))));
+        assert_eq!(engine.metrics().active_connection_count, 0, "shutdown returned too early");
     })
     .await;
 }
