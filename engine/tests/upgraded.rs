@@ -13,15 +13,22 @@ use testkit::require;
 use testkit::ws::RawWs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// An engine on a fresh redis-server and Nextcloud double, subscribed to every channel.
+async fn subscribed_engine(
+) -> Result<(RedisServer, NextcloudDouble, std::sync::Arc<Engine>), testkit::Skip> {
+    let redis = RedisServer::start()?;
+    let nextcloud = NextcloudDouble::start(USERS);
+    let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
+    let engine = Engine::new(config).unwrap();
+    engine.start();
+    assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+    Ok((redis, nextcloud, engine))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_data_is_consumed_before_the_stream() {
     common::time_limit(async {
-        let redis = require!(RedisServer::start());
-        let nextcloud = NextcloudDouble::start(USERS);
-        let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
-        let engine = Engine::new(config).unwrap();
-        engine.start();
-        assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+        let (_redis, nextcloud, engine) = require!(subscribed_engine().await);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -196,12 +203,7 @@ async fn close_bridged_ends_only_bridged_sessions_and_shutdown_waits_for_the_res
     use nextcloud_push_engine::{PushMessage, UpdatedFiles};
     use testkit::ws::WsEnd;
     common::time_limit(async {
-        let redis = require!(RedisServer::start());
-        let nextcloud = NextcloudDouble::start(USERS);
-        let config = EngineConfig::load(None, &common::overrides(&redis, &nextcloud)).unwrap();
-        let engine = Engine::new(config).unwrap();
-        engine.start();
-        assert!(redis.wait_for_subscribers("notify_activity", 1, Duration::from_secs(10)).await);
+        let (_redis, _nextcloud, engine) = require!(subscribed_engine().await);
         assert!(engine.health().redis.up, "subscribed, yet the health says Redis is down");
 
         let mut sessions = Vec::new();
