@@ -398,3 +398,28 @@ async fn protocol_errors_are_answered_with_their_close_code() {
     })
     .await;
 }
+
+/// When Apache stops, the daemon first closes the engine's connections to Nextcloud; a login
+/// after that is refused without a request to Nextcloud, and sessions already logged in go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_login_reaches_nextcloud_once_its_connections_are_closed() {
+    common::time_limit(async {
+        let h = require!(Harness::start().await);
+        let mut before = h.login("foo", "bar").await;
+        h.nextcloud.clear_requests();
+        h.engine.close_nextcloud_connections();
+        let mut client = h.client().await;
+        let (texts, end) = login_failure(&mut client, "foo", "bar").await;
+        assert_eq!(
+            texts,
+            ["err: Error while sending authentication request to nextcloud: the push server is \
+              shutting down"],
+            "a login after close"
+        );
+        assert_eq!(end, WsEnd::Closed(Some((1011, "authentication unavailable".into()))));
+        assert!(h.nextcloud.requests().is_empty(), "a login reached Nextcloud after close");
+        h.publish("notify_activity", r#"{"user":"foo"}"#).await;
+        assert_eq!(before.next_text(FRAME).await, Ok("notify_activity".into()));
+    })
+    .await;
+}
