@@ -652,3 +652,22 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The evaluated config.php (with its secrets) lives in a 0700 directory for one parse
+    /// and is gone once dropped.
+    #[test]
+    fn the_rendered_copy_is_private_and_removed() {
+        let rendered = Rendered::write("<?php $CONFIG = ['dbpassword' => 's3cret'];").unwrap();
+        let dir = rendered.dir.clone();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(std::fs::read_to_string(&rendered.file).unwrap().contains("s3cret"));
+        drop(rendered);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}

@@ -256,6 +256,33 @@ e5 [::1]:7004@17004 slave a1 0 1700000000000 1 connected
         assert_eq!(cluster_nodes(text), ["127.0.0.1:7000", "127.0.0.1:7001", "[::1]:7004"]);
     }
 
+    /// The subscription moves to the next node when its node fails, wraps around, and a
+    /// failure reported for a node it already left moves nothing.
+    #[test]
+    fn a_failed_subscription_node_passes_to_the_next() {
+        let seeds: Vec<String> =
+            (7000..7003).map(|port| format!("redis://127.0.0.1:{port}/")).collect();
+        let config = RedisConfig { url: seeds[0].clone(), cluster_seeds: seeds.clone(), tls: None };
+        let conn = RedisConn::new(&config).unwrap();
+        assert_eq!(conn.node_count(), 3);
+        let url = |n: Node| n.url;
+        assert_eq!(url(conn.pubsub_node()), seeds[0]);
+        let first = conn.pubsub_node();
+        assert!(conn.node_failed(&first), "another node to try");
+        assert_eq!(url(conn.pubsub_node()), seeds[1]);
+        assert!(conn.node_failed(&first));
+        assert_eq!(url(conn.pubsub_node()), seeds[1], "a stale failure moves nothing");
+        conn.node_failed(&conn.pubsub_node());
+        assert_eq!(url(conn.pubsub_node()), seeds[2]);
+        conn.node_failed(&conn.pubsub_node());
+        assert_eq!(url(conn.pubsub_node()), seeds[0], "wraps around");
+
+        let single = RedisConfig { url: seeds[0].clone(), cluster_seeds: vec![], tls: None };
+        let conn = RedisConn::new(&single).unwrap();
+        assert!(!conn.node_failed(&conn.pubsub_node()), "no other node");
+        assert_eq!(url(conn.pubsub_node()), seeds[0]);
+    }
+
     #[test]
     fn a_learned_node_keeps_the_seed_url_but_its_address() {
         assert_eq!(

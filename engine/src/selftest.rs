@@ -334,6 +334,12 @@ mod tests {
         assert_eq!(parse_log_spec("notify_push=loud"), None);
         assert_eq!(parse_log_spec("other=debug"), None);
         assert_eq!(parse_log_spec(""), None);
+        // Every name of the push server's logger, and only those.
+        assert_eq!(parse_log_spec("error,notify_push::ws=trace"), Some(Trace));
+        assert_eq!(parse_log_spec("error,nextcloud_push=debug"), Some(Debug));
+        assert_eq!(parse_log_spec("error,nextcloud_push::redis=info"), Some(Info));
+        assert_eq!(parse_log_spec("error,notify_pushy=trace"), Some(Error));
+        assert_eq!(parse_log_spec("error,nextcloud_pusher::x=trace"), Some(Error));
     }
 
     #[test]

@@ -779,3 +779,26 @@ fn tls_sizes() {
     assert!(layer <= 1400, "{layer}");
     assert!(stream <= layer + 256, "{stream}");
 }
+
+/// The Apache side sends the state as JSON with the secrets in base64: they arrive intact.
+#[test]
+fn tls_state_json_keeps_the_secrets() {
+    let mut state = TlsState::default();
+    state.version = 0x0303;
+    state.suite = 0xC02F;
+    state.client_secret = vec![1; 32];
+    state.server_secret = vec![2; 32];
+    state.master_secret = (0..48).collect();
+    state.client_random = vec![4; 32];
+    state.server_random = vec![5; 32];
+    state.read_seq = 7;
+    state.write_seq = 9;
+    let json = serde_json::to_string(&state).unwrap();
+    let master =
+        r#""master_secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v""#;
+    assert!(json.contains(master), "{json}");
+    let back: TlsState = serde_json::from_str(&json).unwrap();
+    assert!(back == state, "the secrets changed on the way");
+    let bad = r#"{"version":771,"suite":49199,"master_secret":"not base64!"}"#;
+    assert!(serde_json::from_str::<TlsState>(bad).is_err());
+}
