@@ -200,6 +200,7 @@ fn tls_round_trip_all_suites() {
         let state = state_for(version, suite);
         let mut server = RecordLayer::from_state(&state, false).unwrap();
         let mut client = RecordLayer::peer(&state);
+        assert_eq!((server.version(), server.suite()), (version, suite), "what NCP0114 logs");
         let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let mut wire = Vec::new();
         server.seal_data(&big, &mut wire).unwrap();
