@@ -413,6 +413,9 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("1.5").is_err());
         assert!(parse_seconds("99999999999h").is_err());
+        // At most a week: a typo in milliseconds is refused.
+        assert_eq!(parse_seconds("168h"), Ok(604_800));
+        assert!(parse_seconds("604801").is_err());
     }
 
     #[test]
@@ -465,6 +468,15 @@ mod tests {
         assert_eq!(merged.base_path(), "/push");
         let o = merged.overrides();
         assert_eq!(o.redis_url.as_deref(), Some("redis://127.0.0.1"));
+        assert!(o.redis_cluster_seeds.is_empty(), "one Redis URL is no cluster");
         assert_eq!(o.nextcloud_url.as_deref(), Some("http://cloud"));
+        // Several URLs are the seeds of a Redis Cluster.
+        let mut cluster = Directives::default();
+        for port in [7000, 7001, 7002] {
+            cluster.set(Directive::Redis, &format!("redis://127.0.0.1:{port}")).unwrap();
+        }
+        let o = cluster.overrides();
+        assert_eq!(o.redis_url.as_deref(), Some("redis://127.0.0.1:7000"));
+        assert_eq!(o.redis_cluster_seeds.len(), 3);
     }
 }

@@ -118,6 +118,18 @@ async fn answer(frame: ControlFrame, state: &State) -> ControlResponse {
 mod tests {
     use super::*;
     use crate::daemon::tests::{engine, state};
+
+    /// server-status's split of the daemon's sessions: the plain ones are the rest.
+    #[test]
+    fn sessions_by_transport() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = rt.enter();
+        let state = state(vec![engine()]);
+        state.live.store(10, Ordering::SeqCst);
+        state.tls.store(3, Ordering::SeqCst);
+        state.bridged.store(2, Ordering::SeqCst);
+        assert_eq!(by_transport(&state), (5, 3, 2));
+    }
     use crate::wire::control::tests::request;
     use crate::wire::control::{ask, ControlRequest};
     use crate::wire::Opening;

@@ -392,6 +392,33 @@ mod tests {
         assert!(asm.push(&big).is_err());
     }
 
+    /// The limits on announced bytes are inclusive: exactly the maximum is accepted.
+    #[test]
+    fn announced_sizes_up_to_the_limits() {
+        let header = |early_len| {
+            HandoffHeader::decode(
+                &serde_json::to_vec(&HandoffHeader { forwarded_for: vec![], early_len }).unwrap(),
+            )
+        };
+        assert!(header(MAX_EARLY as u32).is_ok());
+        assert!(header(MAX_EARLY as u32 + 1).is_err());
+        let offer = |plaintext_len, ciphertext_len, last_record_len| {
+            let offer = TlsOffer {
+                forwarded_for: vec![],
+                session: None,
+                plaintext_len,
+                ciphertext_len,
+                last_record_len,
+            };
+            <TlsOffer as Announces>::decode(&serde_json::to_vec(&offer).unwrap())
+        };
+        let (p, c, l) = (MAX_EARLY as u32, MAX_CIPHERTEXT as u32, MAX_LAST_RECORD as u32);
+        assert!(offer(p, c, l).is_ok());
+        assert!(offer(p + 1, c, l).is_err());
+        assert!(offer(p, c + 1, l).is_err());
+        assert!(offer(p, c, l + 1).is_err());
+    }
+
     #[test]
     fn bridged_pings_come_well_within_the_timeout() {
         assert_eq!(bridged_ping_interval(300_000), Duration::from_secs(100));
