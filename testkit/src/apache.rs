@@ -773,6 +773,7 @@ impl Apache {
         let pid = child.id();
         let daemon_socket =
             b.daemon_socket.clone().unwrap_or_else(|| root.path().join("run/nextcloud-push.sock"));
+        let stuck_watch = Some(StuckChildWatch::start(root.path()));
         let mut apache = Apache {
             root,
             child: Some(child),
@@ -786,9 +787,8 @@ impl Apache {
             problems: Vec::new(),
             checked: false,
             exit_expected: false,
-            stuck_watch: None,
+            stuck_watch,
         };
-        apache.stuck_watch = Some(StuckChildWatch::start(apache.root.path()));
         match apache.await_ready(b).await {
             Ok(()) => Ok(apache),
             Err(why) => {
@@ -1063,7 +1063,9 @@ impl Apache {
         if self.child.is_none() {
             return;
         }
-        let _stop_watching_after = StopOnDrop(self.stuck_watch.take());
+        // Dropped (the watch ends) when `stop` returns: after the parent's exit, so a stuck
+        // child of the stop itself is seen too.
+        let _watching_until_stopped = self.stuck_watch.take();
         if let Some(status) = self.try_exit() {
             if !self.exit_expected || !status.success() {
                 self.problems
@@ -1352,12 +1354,12 @@ impl StuckChildWatch {
             while !flag.load(Ordering::SeqCst) {
                 if let Ok(mut f) = fs::File::open(&log) {
                     use std::io::Seek;
-                    let mut chunk = String::new();
+                    let mut chunk = Vec::new();
                     if f.seek(std::io::SeekFrom::Start(offset)).is_ok()
-                        && f.read_to_string(&mut chunk).is_ok()
+                        && f.read_to_end(&mut chunk).is_ok()
                     {
                         offset += chunk.len() as u64;
-                        partial.push_str(&chunk);
+                        partial.push_str(&String::from_utf8_lossy(&chunk));
                         let complete = partial.rfind('\n').map_or(0, |i| i + 1);
                         for line in partial[..complete].lines().filter(|l| l.contains(Self::NEEDLE))
                         {
@@ -1405,16 +1407,6 @@ impl Drop for StuckChildWatch {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Drops the watch when `stop` returns (after the parent's exit, so a stop's stuck child is
-/// seen too).
-struct StopOnDrop(Option<StuckChildWatch>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        drop(self.0.take());
     }
 }
 
