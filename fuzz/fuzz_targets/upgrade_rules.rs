@@ -14,7 +14,6 @@ fuzz_target!(|data: &[u8]| {
     let request = UpgradeRequest {
         method: &f[2],
         http11: flags & 1 != 0,
-        h2_secondary: flags & 2 != 0,
         connection: opt(3, 4),
         upgrade: opt(4, 8),
         version: opt(5, 16),
@@ -23,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         transfer_encoding: opt(8, 128),
     };
     if check_upgrade(&request).is_ok() {
-        assert!(request.method == "GET" && request.http11 && !request.h2_secondary);
+        assert!(request.method == "GET" && request.http11);
         assert!(request.connection.is_some() && request.upgrade.is_some());
         assert!(request.version.is_some() && request.key.is_some());
         assert!(request.transfer_encoding.is_none());
