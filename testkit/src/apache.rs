@@ -773,7 +773,7 @@ impl Apache {
         let pid = child.id();
         let daemon_socket =
             b.daemon_socket.clone().unwrap_or_else(|| root.path().join("run/nextcloud-push.sock"));
-        let stuck_watch = Some(StuckChildWatch::start(root.path()));
+        let stuck_watch = Some(StuckChildWatch::start(root.path(), pid));
         let mut apache = Apache {
             root,
             child: Some(child),
@@ -1329,7 +1329,8 @@ pub fn describe(status: &ExitStatus) -> String {
     }
 }
 
-/// Watches the error log for a child the parent had to signal again at a stop or hard restart
+/// Ends a test that hangs (see [`hang_limit`]), and watches the error log for a child the
+/// parent had to signal again at a stop or hard restart
 /// (`AH00045: child process N still did not exit, sending a SIGTERM`, 3 s before its SIGKILL)
 /// and saves that child's stack (gdb, when installed) to `logs/stuck-N.txt`, which the report
 /// of a failing test prints: such a child is rare, and gone once killed.
@@ -1341,7 +1342,7 @@ struct StuckChildWatch {
 impl StuckChildWatch {
     const NEEDLE: &'static str = "still did not exit";
 
-    fn start(root: &Path) -> StuckChildWatch {
+    fn start(root: &Path, pid: u32) -> StuckChildWatch {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -1351,7 +1352,29 @@ impl StuckChildWatch {
             let mut offset = 0u64;
             let mut partial = String::new();
             let mut done = Vec::new();
+            let started = Instant::now();
+            let (limit, mut hung) = (hang_limit(), false);
             while !flag.load(Ordering::SeqCst) {
+                if !hung && started.elapsed() > limit {
+                    hung = true;
+                    // Straight to stderr: a test's captured output is lost if it aborts.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "testkit: apache2 (pid {pid}, server root {}) still in use after \
+                         {limit:?} (NCP_TEST_HANG_LIMIT): the test holding it hangs; killing \
+                         this Apache's process group so the test fails\n{}",
+                        root.display(),
+                        tail(&fs::read_to_string(&log).unwrap_or_default(), 100)
+                    );
+                    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+                }
+                if hung && started.elapsed() > limit + HANG_GRACE {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "testkit: still hanging {HANG_GRACE:?} later: aborting the tests"
+                    );
+                    std::process::abort();
+                }
                 if let Ok(mut f) = fs::File::open(&log) {
                     use std::io::Seek;
                     let mut chunk = Vec::new();
@@ -1409,6 +1432,17 @@ impl Drop for StuckChildWatch {
         }
     }
 }
+
+/// How long a test may hold one Apache: `NCP_TEST_HANG_LIMIT` seconds, 300 by default (the
+/// longest test takes well under a minute). Past it the test hangs: its Apache is killed, which
+/// makes a test waiting on it fail with its own message; one still running [`HANG_GRACE`] later
+/// aborts the test binary (a hang is a failure, never an endless CI job).
+fn hang_limit() -> Duration {
+    let secs = std::env::var("NCP_TEST_HANG_LIMIT").ok().and_then(|v| v.parse().ok());
+    Duration::from_secs(secs.unwrap_or(300))
+}
+
+const HANG_GRACE: Duration = Duration::from_secs(30);
 
 /// The stack of every thread of process `pid`, from gdb (or why there is none), for a report.
 pub fn backtrace(pid: u32) -> String {
