@@ -578,26 +578,34 @@ fn daemon_facts(pid: u32) -> (String, String, u32, Vec<String>) {
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
         .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    (comm, cmdline, uid, fds)
+    (comm, cmdline, uid, fd_targets(pid))
 }
 
-/// Socket inodes of TCP sockets listening on `port` (from /proc/net/tcp).
-fn listening_inodes(port: u16) -> Vec<String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
+/// What each of `pid`'s descriptors points at (`socket:[inode]`, a path, `pipe:[…]`).
+fn fd_targets(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// TCP socket states in /proc/net/tcp*.
+const LISTEN: &str = "0A";
+const ESTABLISHED: &str = "01";
+
+/// Inodes (as `socket:[inode]`) of the TCP sockets in `state` whose local port is `port`
+/// (/proc/net/tcp and tcp6).
+fn tcp_socket_inodes(port: u16, state: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        out.extend(text.lines().skip(1).filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && *f.get(3)? == "0A").then(|| format!("socket:[{}]", f[9]))
-        })
-        .collect()
+            (local_port == port && *f.get(3)? == state).then(|| format!("socket:[{}]", f[9]))
+        }));
+    }
+    out
 }
 
 /// The daemon is `nextcloud-push` in ps, never root, holds none of Apache's listeners, log pipes
@@ -635,7 +643,7 @@ async fn daemon_process_hygiene() {
         assert!(nofile >= hard.min(65536), "{}: daemon RLIMIT_NOFILE {nofile}", mpm.name());
         let notice = stack.apache.error_log().contains("NCP0018");
         assert_eq!(notice, nofile < 50_256, "{}: NCP0018 with a limit of {nofile}", mpm.name());
-        let listeners = listening_inodes(stack.apache.port());
+        let listeners = tcp_socket_inodes(stack.apache.port(), LISTEN);
         assert!(!listeners.is_empty());
         let root = stack.apache.root().display().to_string();
         for fd in &fds {
@@ -835,7 +843,6 @@ async fn hard_restarts_with_ending_bridges_leave_no_stuck_child() {
 /// (the signal lands anywhere in the relay: reading the daemon, writing through mod_ssl,
 /// allocating; not only in poll(2)): each child exits at once.
 async fn children_busy_relaying_exit_on_sigterm(mpm: Mpm) -> Result<(), testkit::Skip> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let ca = TestCa::generate()?;
     let tls_port = testkit::free_port();
     let mut stack = stack(mpm, |b| {
@@ -857,25 +864,23 @@ async fn children_busy_relaying_exit_on_sigterm(mpm: Mpm) -> Result<(), testkit:
             .map(|mut c| tokio::spawn(async move { c.expect_end(Duration::from_secs(30)).await }))
             .collect();
         // The flood goes on while the children are signalled.
-        let published = AtomicUsize::new(0);
+        let (published, mut progress) = tokio::sync::watch::channel(0);
         let flood = async {
             for i in 0..300 {
                 let event = format!(r#"{{"user":"u0","message":"m{i}","body":"{body}"}}"#);
                 stack.publish("notify_custom", &event).await;
-                published.fetch_add(1, Ordering::SeqCst);
+                published.send_replace(i + 1);
             }
         };
         let kill = async {
-            while published.load(Ordering::SeqCst) < 30 {
-                tokio::task::yield_now().await;
-            }
+            progress.wait_for(|n| *n >= 30).await.expect("the flood publishes");
             // Only the children holding a client connection (SIGTERM to a prefork child
             // waiting for the accept mutex makes the whole server exit, AH00144).
-            let connections = established_sockets(tls_port);
+            let connections = tcp_socket_inodes(tls_port, ESTABLISHED);
             let children: Vec<u32> = apache::processes()
                 .iter()
                 .filter(|p| p.ppid == parent && p.pid != daemon && p.comm != "nextcloud-push")
-                .filter(|p| holds_any(p.pid, &connections))
+                .filter(|p| fd_targets(p.pid).iter().any(|fd| connections.contains(fd)))
                 .map(|p| p.pid)
                 .collect();
             for pid in &children {
@@ -885,15 +890,20 @@ async fn children_busy_relaying_exit_on_sigterm(mpm: Mpm) -> Result<(), testkit:
         };
         let ((), children) = tokio::join!(flood, kill);
         assert!(!children.is_empty(), "round {round}: no child holds a wss connection");
-        let alive = |pid: &u32| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            !stat.is_empty() && !stat.contains(") Z ")
+        // Still running (an exited child stays a zombie until the parent reaps it).
+        let running = || -> Vec<u32> {
+            let now = apache::processes();
+            children
+                .iter()
+                .copied()
+                .filter(|c| now.iter().any(|p| p.pid == *c && p.state != 'Z'))
+                .collect()
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while children.iter().any(alive) && Instant::now() < deadline {
+        while !running().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        stuck.extend(children.iter().filter(|p| alive(p)).map(|p| (round, *p)));
+        stuck.extend(running().into_iter().map(|p| (round, p)));
         for r in readers {
             let _ = r.await;
         }
@@ -915,29 +925,4 @@ async fn children_busy_relaying_exit_on_sigterm(mpm: Mpm) -> Result<(), testkit:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefork_children_busy_relaying_exit_on_sigterm() {
     require!(children_busy_relaying_exit_on_sigterm(Mpm::Prefork).await);
-}
-
-/// Socket inodes of established TCP connections whose local port is `port` (/proc/net/tcp*).
-fn established_sockets(port: u16) -> Vec<String> {
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f.get(1).and_then(|a| a.rsplit(':').next());
-            if local_port == Some(&format!("{port:04X}")) && f.get(3) == Some(&"01") {
-                out.push(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
-    out
-}
-
-/// Whether process `pid` has one of `sockets` (as `socket:[inode]`) among its descriptors.
-fn holds_any(pid: u32, sockets: &[String]) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    dir.flatten().any(|e| {
-        std::fs::read_link(e.path())
-            .is_ok_and(|l| sockets.iter().any(|s| l.to_string_lossy() == s.as_str()))
-    })
 }
