@@ -729,8 +729,9 @@ pub struct Apache {
     checked: bool,
     /// Set by [`Apache::ctl`] with `stop`/`graceful-stop`: the parent's exit is the test's doing.
     exit_expected: bool,
-    /// Takes the stack of a child the parent reports stuck (see [`StuckChildWatch`]).
-    stuck_watch: Option<StuckChildWatch>,
+    /// Ends a hanging test and takes the stack of a child the parent reports stuck (see
+    /// [`ApacheWatch`]).
+    watch: Option<ApacheWatch>,
 }
 
 impl Apache {
@@ -773,7 +774,7 @@ impl Apache {
         let pid = child.id();
         let daemon_socket =
             b.daemon_socket.clone().unwrap_or_else(|| root.path().join("run/nextcloud-push.sock"));
-        let stuck_watch = Some(StuckChildWatch::start(root.path(), pid));
+        let watch = Some(ApacheWatch::start(root.path(), pid));
         let mut apache = Apache {
             root,
             child: Some(child),
@@ -787,7 +788,7 @@ impl Apache {
             problems: Vec::new(),
             checked: false,
             exit_expected: false,
-            stuck_watch,
+            watch,
         };
         match apache.await_ready(b).await {
             Ok(()) => Ok(apache),
@@ -1065,7 +1066,7 @@ impl Apache {
         }
         // Dropped (the watch ends) when `stop` returns: after the parent's exit, so a stuck
         // child of the stop itself is seen too.
-        let _watching_until_stopped = self.stuck_watch.take();
+        let _watching_until_stopped = self.watch.take();
         if let Some(status) = self.try_exit() {
             if !self.exit_expected || !status.success() {
                 self.problems
@@ -1154,7 +1155,7 @@ impl Apache {
             self.root.path().display(),
             tail(&self.error_log(), 300),
             tail(&self.stderr_log(), 50),
-            StuckChildWatch::stacks(self.root.path()),
+            ApacheWatch::stacks(self.root.path()),
         )
     }
 }
@@ -1334,15 +1335,15 @@ pub fn describe(status: &ExitStatus) -> String {
 /// (`AH00045: child process N still did not exit, sending a SIGTERM`, 3 s before its SIGKILL)
 /// and saves that child's stack (gdb, when installed) to `logs/stuck-N.txt`, which the report
 /// of a failing test prints: such a child is rare, and gone once killed.
-struct StuckChildWatch {
+struct ApacheWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl StuckChildWatch {
+impl ApacheWatch {
     const NEEDLE: &'static str = "still did not exit";
 
-    fn start(root: &Path, pid: u32) -> StuckChildWatch {
+    fn start(root: &Path, pid: u32) -> ApacheWatch {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -1405,7 +1406,7 @@ impl StuckChildWatch {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        StuckChildWatch { stop, thread: Some(thread) }
+        ApacheWatch { stop, thread: Some(thread) }
     }
 
     /// The saved stacks, for a report (empty when no child was stuck).
@@ -1424,7 +1425,7 @@ impl StuckChildWatch {
     }
 }
 
-impl Drop for StuckChildWatch {
+impl Drop for ApacheWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
