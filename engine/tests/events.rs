@@ -175,13 +175,9 @@ async fn test_cookie_config_and_metrics_query() {
         let h = require!(Harness::start().await);
         let _foo = h.login("foo", "bar").await;
         h.publish("notify_test_cookie", "29344007").await;
-        // Counted as received before it is applied: await the cookie.
-        let engine = h.engine.clone();
-        let stored = testkit::wait_until(FRAME, || {
-            let engine = engine.clone();
-            async move { engine.test_cookie() == 29344007 }
-        });
-        assert!(stored.await, "the test cookie is {}", h.engine.test_cookie());
+        // Counted as received before it is applied: wait until it was handled.
+        h.engine.sync_events().await.expect("sync");
+        assert_eq!(h.engine.test_cookie(), 29344007);
         h.publish("notify_config", r#"{"log_spec":"notify_push=debug"}"#).await;
         h.publish("notify_config", r#""log_restore""#).await;
 

@@ -347,36 +347,26 @@ async fn notify_config_changes_and_restores_the_log_level() {
     common::time_limit(async {
         let h = require!(Harness::start().await);
         log::set_max_level(log::LevelFilter::Warn);
-        // The engine counts a message as received before it applies it: await the level.
-        let becomes = |level: log::LevelFilter| async move {
-            let reached = testkit::wait_until(FRAME, || async move { log::max_level() == level });
-            assert!(reached.await, "the log level is {}, not {level}", log::max_level());
+        // `publish` returns once the engine counted the message, which is before it applies
+        // it; `sync_events` returns once it was handled.
+        let apply = |payload: &'static str| async {
+            h.publish("notify_config", payload).await;
+            h.engine.sync_events().await.expect("sync");
+            log::max_level()
         };
-        // Handled after everything published before it (the listener keeps their order).
-        let cookie = std::cell::Cell::new(0u32);
-        let all_handled = || async {
-            cookie.set(cookie.get() + 1);
-            let n = cookie.get();
-            h.redis.publish("notify_test_cookie", &n.to_string());
-            let engine = h.engine.clone();
-            let handled = testkit::wait_until(FRAME, || {
-                let engine = engine.clone();
-                async move { engine.test_cookie() == n }
-            });
-            assert!(handled.await, "test cookie {n} not handled");
-        };
-        h.publish("notify_config", r#"{"log_spec":"notify_push=debug"}"#).await;
-        becomes(log::LevelFilter::Debug).await;
-        h.publish("notify_config", r#"{"log_spec":"notify_push=loud"}"#).await;
-        all_handled().await;
-        assert_eq!(log::max_level(), log::LevelFilter::Debug, "unknown specs are ignored");
-        h.publish("notify_config", r#"{"log_spec":"trace"}"#).await;
-        becomes(log::LevelFilter::Trace).await;
-        h.publish("notify_config", r#""log_restore""#).await;
-        becomes(log::LevelFilter::Warn).await;
-        h.publish("notify_config", r#""log_restore""#).await;
-        all_handled().await;
-        assert_eq!(log::max_level(), log::LevelFilter::Warn);
+        assert_eq!(apply(r#"{"log_spec":"notify_push=debug"}"#).await, log::LevelFilter::Debug);
+        assert_eq!(
+            apply(r#"{"log_spec":"notify_push=loud"}"#).await,
+            log::LevelFilter::Debug,
+            "unknown specs are ignored"
+        );
+        assert_eq!(apply(r#"{"log_spec":"trace"}"#).await, log::LevelFilter::Trace);
+        assert_eq!(
+            apply(r#""log_restore""#).await,
+            log::LevelFilter::Warn,
+            "back to the configured level"
+        );
+        assert_eq!(apply(r#""log_restore""#).await, log::LevelFilter::Warn);
     })
     .await;
 }
